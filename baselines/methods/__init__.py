@@ -1,0 +1,1 @@
+"""Reference plasticity methods, one module each."""

@@ -1,0 +1,63 @@
+"""A FIFO episode replay buffer kept on the learner's device."""
+
+from __future__ import annotations
+
+import torch
+
+from ctmarl.learner import EpisodeBatch
+
+
+class EpisodeReplay:
+    """Holds up to ``capacity`` episodes padded to the env's episode limit."""
+
+    def __init__(self, capacity: int, device: torch.device) -> None:
+        self.capacity = capacity
+        self.device = device
+        self.storage: EpisodeBatch | None = None
+        self.size = 0
+        self.cursor = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, batch: EpisodeBatch) -> None:
+        batch = batch.to(self.device)
+        if self.storage is None:
+            self.storage = EpisodeBatch(
+                *(torch.zeros((self.capacity, *t.shape[1:]), dtype=t.dtype, device=self.device) for t in batch)
+            )
+        n = batch.reward.shape[0]
+        if n > self.capacity:
+            batch = EpisodeBatch(*(t[-self.capacity:] for t in batch))
+            n = self.capacity
+        index = (self.cursor + torch.arange(n, device=self.device)) % self.capacity
+        for store, new in zip(self.storage, batch):
+            store[index] = new
+        self.cursor = (self.cursor + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> EpisodeBatch:
+        """``batch_size`` episodes uniformly without replacement, cut to their longest length."""
+        if self.storage is None or self.size < batch_size:
+            raise ValueError(f"replay holds {self.size} episodes, {batch_size} requested")
+        pick = torch.randperm(self.size, generator=generator, device=generator.device)[:batch_size]
+        pick = pick.to(self.device)
+        batch = EpisodeBatch(*(t[pick] for t in self.storage))
+        steps = int(batch.mask.sum(0).nonzero().max()) + 1
+        return EpisodeBatch(
+            batch.obs[:, : steps + 1],
+            batch.state[:, : steps + 1],
+            batch.avail_actions[:, : steps + 1],
+            batch.actions[:, :steps],
+            batch.reward[:, :steps],
+            batch.terminated[:, :steps],
+            batch.mask[:, :steps],
+        )
+
+    def state_dict(self) -> dict:
+        return {"storage": None if self.storage is None else self.storage._asdict(),
+                "size": self.size, "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.storage = None if state["storage"] is None else EpisodeBatch(**state["storage"])
+        self.size, self.cursor = state["size"], state["cursor"]

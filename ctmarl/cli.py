@@ -1,0 +1,99 @@
+"""The ``ctmarl`` command line.
+
+Every user error (unknown name, bad YAML, unwritable output) is one ``error: ...`` line on stderr
+and exit status 2; nothing half-written is left behind.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ctmarl.errors import CtmarlError
+from ctmarl.registry import LEARNERS, METHODS
+from ctmarl.scenario import TIER_NAMES, make_scenario, scenario_names
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except CtmarlError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="ctmarl")
+def main() -> None:
+    """ctmarl: continual-learning benchmark for cooperative MARL value factorisation."""
+
+
+@main.command("list")
+def list_command() -> None:
+    """Scenarios (with tiers and tasks), learners and methods from the registries."""
+    click.echo("scenarios:")
+    for name in scenario_names():
+        scenario = make_scenario(name)
+        tasks = ", ".join(t.name for t in scenario.spec.tasks)
+        click.echo(f"  {scenario.id:<28} family={scenario.spec.env.family:<14} tasks: {tasks}")
+        for tier in TIER_NAMES:
+            t = scenario.tier(tier)
+            click.echo(f"    {tier:<9} {t.env_steps_per_task:>10} env steps/task, {t.num_envs} envs")
+    click.echo("learners:")
+    for name in LEARNERS.names():
+        click.echo(f"  {name:<16} {LEARNERS.entry_point(name)}")
+    click.echo("methods:")
+    for name in METHODS.names():
+        click.echo(f"  {name:<16} {METHODS.entry_point(name)}")
+
+
+@main.command()
+@click.option("--algo", default="none", show_default=True,
+              help="Plasticity method: a registered name (see `ctmarl list`) or package.module:Class.")
+@click.option("--scenario", required=True, help="Scenario id (matrix_drift, matrix_drift-v1) or a YAML path.")
+@click.option("--tier", default="quick", show_default=True, help=f"One of {', '.join(TIER_NAMES)}.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--learner", default="qmix", show_default=True, help="Learner name (see `ctmarl list`).")
+@click.option("--out", default="runs", show_default=True, type=click.Path(path_type=Path),
+              help="Folder the run record is written to.")
+@click.option("--device", default="cpu", show_default=True, help="torch device: cpu, cuda, cuda:1 ...")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def evaluate(algo, scenario, tier, seed, learner, out, device, quiet) -> None:
+    """Run one method on one scenario tier and write its run record."""
+    from ctmarl.evaluate import RunSpec
+    from ctmarl.evaluate import evaluate as run_evaluation
+
+    spec = RunSpec(scenario=scenario, algo=algo, tier=tier, learner=learner, seed=seed, device=device)
+    resolved = make_scenario(scenario)
+    budget = resolved.tier(tier).env_steps_per_task * len(resolved.spec.tasks)
+    label = f"{resolved.id} {tier} {learner}+{algo} seed {seed}"
+    if quiet:
+        record, path = run_evaluation(spec, out)
+    else:
+        with click.progressbar(length=budget, label=label, file=sys.stderr,
+                               item_show_func=lambda text: text, show_pos=True) as bar:
+            def progress(steps: int, task_index: int, task_name: str, score: float) -> None:
+                bar.update(steps, f"task {task_index + 1}/{len(resolved.spec.tasks)} {task_name} score {score:.2f}")
+
+            record, path = run_evaluation(spec, out, progress=progress)
+    _print_summary(record, path)
+
+
+def _print_summary(record: dict, path: Path | None) -> None:
+    m, timing = record["metrics"], record["timing"]
+    click.echo(f"{'task':<14} {'final score':>11} {'AUC':>7}")
+    for name, final, auc in zip(record["tasks"], m["final_score_per_task"], m["auc_per_task"]):
+        click.echo(f"{name:<14} {final:>11.3f} {auc:>7.3f}")
+    forgetting = "n/a" if m["forgetting"] is None else f"{m['forgetting']:.3f}"
+    click.echo(f"performance {m['performance']:.3f}  AUC {m['auc']:.3f}  forgetting {forgetting}")
+    click.echo(f"{timing['env_steps']} env steps, {timing['updates']} updates in {timing['wall_time_s']:.1f}s "
+               f"({timing['env_steps_per_s']:.0f} env steps/s)")
+    if path is not None:
+        click.echo(f"record: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""The batched env contract every env family implements.
+
+One :class:`BatchedEnv` object steps ``num_envs`` copies of a cooperative multi-agent task at once,
+on a torch device. Shapes (E = num_envs, N = agents, O = observation size, S = state size,
+A = actions):
+
+========================  ==================  =====================================================
+field                     shape, dtype        meaning
+========================  ==================  =====================================================
+``obs``                   [E, N, O] float32   each agent's observation
+``state``                 [E, S] float32      global state (the mixer's input)
+``avail_actions``         [E, N, A] bool      action mask; at least one action is always available
+``reward``                [E] float32         shared team reward of this step
+``terminated``            [E] bool            the episode ended in the task (no bootstrapping)
+``truncated``             [E] bool            the episode hit ``episode_limit``
+``score``                 [E] float32         the episode's normalised score in [0, 1] so far; the
+                                              value at the episode's last step is its score
+========================  ==================  =====================================================
+
+Copies whose episode has ended keep being stepped with whatever actions they are given until the
+next :meth:`BatchedEnv.reset`; callers mask their outputs (the runner does). Sizes are fixed across
+the tasks of a scenario so one network carries over from task to task.
+
+An env family is a :class:`BatchedEnv` subclass with a frozen ``Settings`` dataclass: the merge of
+a scenario's fixed ``env.settings``, the tier's ``env`` overrides and the task's ``settings``.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
+
+import torch
+
+
+@dataclass(frozen=True)
+class EnvInfo:
+    """Sizes a learner needs to build its networks."""
+
+    n_agents: int
+    obs_dim: int
+    state_dim: int
+    n_actions: int
+    episode_limit: int
+
+
+class Observation(NamedTuple):
+    obs: torch.Tensor
+    state: torch.Tensor
+    avail_actions: torch.Tensor
+
+
+class StepResult(NamedTuple):
+    obs: torch.Tensor
+    state: torch.Tensor
+    avail_actions: torch.Tensor
+    reward: torch.Tensor
+    terminated: torch.Tensor
+    truncated: torch.Tensor
+    score: torch.Tensor
+
+
+class BatchedEnv(abc.ABC):
+    """``num_envs`` copies of one task, stepped together on ``device``."""
+
+    Settings: ClassVar[type]
+    #: One line on what the normalised score means, for READMEs and records.
+    score_meaning: ClassVar[str] = "normalised episode score"
+
+    def __init__(self, settings, num_envs: int, device: torch.device | str = "cpu", seed: int = 0):
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        self.settings = settings
+        self.num_envs = num_envs
+        self.device = torch.device(device)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+
+    @property
+    @abc.abstractmethod
+    def info(self) -> EnvInfo:
+        """Sizes of this env (identical for every task of a scenario)."""
+
+    @abc.abstractmethod
+    def reset(self, seed: int | None = None) -> Observation:
+        """Start a new episode in every copy; ``seed`` reseeds the env's generator first."""
+
+    @abc.abstractmethod
+    def step(self, actions: torch.Tensor) -> StepResult:
+        """Apply ``actions`` [E, N] (long) to every copy."""
+
+    def _reseed(self, seed: int | None) -> None:
+        if seed is not None:
+            self.generator.manual_seed(seed)

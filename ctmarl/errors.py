@@ -1,0 +1,23 @@
+"""Errors a user can cause and fix: the CLI prints them as one line and exits non-zero."""
+
+from __future__ import annotations
+
+
+class CtmarlError(Exception):
+    """Base of every error that is the user's input, not a bug in ctmarl."""
+
+
+class ConfigError(CtmarlError):
+    """A scenario, method or learner configuration is malformed or has a bad value."""
+
+
+class UnknownNameError(CtmarlError):
+    """A registry was asked for a name it does not hold."""
+
+
+class RecordError(CtmarlError):
+    """A run record is missing, corrupt, or fails validation."""
+
+
+class OutputError(CtmarlError):
+    """An output location cannot be written."""

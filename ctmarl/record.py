@@ -1,0 +1,172 @@
+"""Run records: the self-describing YAML each run writes (DESIGN.md §9).
+
+A record holds the schema version; the scenario (name, version, tier, hash of its definition);
+learner and method with their fully resolved configs; ``config_hash`` over everything that
+defines the run; the seed; provenance (ctmarl version, git commit and whether the tree was dirty,
+library versions, device, machine); timing; per-evaluation curves; the R matrix; final metrics;
+and ``content_hash``, a sha256 over all other fields, so a number edited by hand is detected.
+
+Records are written atomically (temporary file in the same folder + rename) and loaded only with
+``yaml.safe_load``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ctmarl.config import stable_hash
+from ctmarl.errors import OutputError, RecordError
+
+SCHEMA_VERSION = 1
+REQUIRED_KEYS = (
+    "schema_version", "scenario", "learner", "method", "seed", "config_hash", "provenance",
+    "timing", "tasks", "curves", "R", "metrics", "content_hash",
+)
+
+
+def git_state(path: Path) -> dict[str, Any]:
+    """Commit and dirtiness of the git checkout containing ``path``; 'unknown' outside one."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=10
+        )
+        if commit.returncode != 0:
+            return {"git_commit": "unknown", "git_dirty": None}
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=path,
+            capture_output=True, text=True, timeout=10,
+        )
+        return {"git_commit": commit.stdout.strip(), "git_dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": "unknown", "git_dirty": None}
+
+
+def provenance(device: str) -> dict[str, Any]:
+    import numpy
+    import torch
+
+    import ctmarl
+
+    info = {
+        "ctmarl_version": ctmarl.__version__,
+        **git_state(Path(ctmarl.__file__).resolve().parent),
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "numpy": str(numpy.__version__),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+    }
+    try:
+        import jax
+
+        info["jax"] = str(jax.__version__)
+    except ImportError:
+        info["jax"] = None
+    return info
+
+
+def config_hash(record: Mapping[str, Any]) -> str:
+    """Hash of what defines a run: scenario (incl. definition hash) + tier, learner, method, seed."""
+    return stable_hash({key: record[key] for key in ("scenario", "learner", "method", "seed")})
+
+
+def content_hash(record: Mapping[str, Any]) -> str:
+    return stable_hash({k: v for k, v in record.items() if k != "content_hash"})
+
+
+def seal(record: dict[str, Any]) -> dict[str, Any]:
+    """Fill in ``config_hash`` and ``content_hash``."""
+    record["config_hash"] = config_hash(record)
+    record["content_hash"] = content_hash(record)
+    return record
+
+
+def record_filename(record: Mapping[str, Any]) -> str:
+    s = record["scenario"]
+    return (f"{s['name']}-v{s['version']}_{s['tier']}_{record['learner']['name']}_"
+            f"{_safe(record['method']['name'])}_seed{record['seed']}.yaml")
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
+
+
+def ensure_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and prove a file can be written there, or raise OutputError."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".ctmarl-probe-"):
+            pass
+    except OSError as exc:
+        raise OutputError(f"cannot write to output folder {folder}: {exc.strerror or exc}") from None
+
+
+def write_yaml_atomic(data: Any, path: Path) -> Path:
+    """Write YAML to ``path`` through a temporary file and a rename: never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            yaml.safe_dump(data, handle, sort_keys=False, default_flow_style=None, width=100)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise
+    return path
+
+
+def write_record(record: dict[str, Any], folder: Path) -> Path:
+    return write_yaml_atomic(record, Path(folder) / record_filename(record))
+
+
+def validate_record(record: Any, where: str) -> dict[str, Any]:
+    """Check structure and both hashes; raise RecordError naming the problem."""
+    if not isinstance(record, dict):
+        raise RecordError(f"{where}: not a run record (expected a mapping)")
+    missing = [k for k in REQUIRED_KEYS if k not in record]
+    if missing:
+        raise RecordError(f"{where}: missing key {missing[0]!r}")
+    if record["schema_version"] != SCHEMA_VERSION:
+        raise RecordError(f"{where}: schema_version {record['schema_version']!r} is not {SCHEMA_VERSION}")
+    if record["content_hash"] != content_hash(record):
+        raise RecordError(f"{where}: content_hash does not match the content (the record was edited)")
+    if record["config_hash"] != config_hash(record):
+        raise RecordError(f"{where}: config_hash does not match its scenario/learner/method/seed")
+    n_tasks = len(record["tasks"])
+    R = record["R"]
+    if len(R) != n_tasks or any(len(row) != n_tasks for row in R):
+        raise RecordError(f"{where}: R must be {n_tasks}x{n_tasks}")
+    lengths = {len(v) for v in record["curves"].values()}
+    if len(lengths) != 1:
+        raise RecordError(f"{where}: curves have columns of different lengths")
+    for value in record["metrics"].values():
+        if isinstance(value, float) and math.isnan(value):
+            raise RecordError(f"{where}: a metric is NaN")
+    return record
+
+
+def load_record(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise RecordError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise RecordError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from None
+    return validate_record(data, str(path))

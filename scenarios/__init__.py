@@ -1,0 +1,1 @@
+"""The standard scenario definitions (YAML data), installed as ``ctmarl_scenarios``."""
