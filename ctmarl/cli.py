@@ -60,13 +60,16 @@ def list_command() -> None:
 @click.option("--out", default="runs", show_default=True, type=click.Path(path_type=Path),
               help="Folder the run record is written to.")
 @click.option("--device", default="cpu", show_default=True, help="torch device: cpu, cuda, cuda:1 ...")
+@click.option("--neuron-every", default=50, show_default=True, type=click.IntRange(min=0),
+              help="Log stagnant/dormant/GraMa neuron metrics every N updates (0 = off).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def evaluate(algo, scenario, tier, seed, learner, out, device, quiet) -> None:
+def evaluate(algo, scenario, tier, seed, learner, out, device, neuron_every, quiet) -> None:
     """Run one method on one scenario tier and write its run record."""
     from ctmarl.evaluate import RunSpec
     from ctmarl.evaluate import evaluate as run_evaluation
 
-    spec = RunSpec(scenario=scenario, algo=algo, tier=tier, learner=learner, seed=seed, device=device)
+    spec = RunSpec(scenario=scenario, algo=algo, tier=tier, learner=learner, seed=seed, device=device,
+                   neuron_every_updates=neuron_every)
     resolved = make_scenario(scenario)
     budget = resolved.tier(tier).env_steps_per_task * len(resolved.spec.tasks)
     label = f"{resolved.id} {tier} {learner}+{algo} seed {seed}"
@@ -80,6 +83,36 @@ def evaluate(algo, scenario, tier, seed, learner, out, device, quiet) -> None:
 
             record, path = run_evaluation(spec, out, progress=progress)
     _print_summary(record, path)
+
+
+@main.command()
+@click.argument("records", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", default="plots", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the PNGs and the CSV data behind them.")
+def plot(records, out) -> None:
+    """Plot run records: learning curves, neuron ratios per group, R matrix; print their metrics.
+
+    The plasticity ratio and forward transfer use the reset_all record of the same scenario,
+    tier, learner and seed, looked for among RECORDS and beside each record.
+    """
+    import yaml
+
+    from ctmarl.plots import plot_record
+    from ctmarl.evaluate import rounded as _rounded
+    from ctmarl.record import ensure_writable, load_record, write_yaml_atomic
+    from ctmarl.report import continual_summary, find_scratch, neuron_ratios_by_task
+
+    ensure_writable(out)
+    loaded = {path: load_record(path) for path in records}
+    for path, record in loaded.items():
+        neighbours = [load_record(p) for p in path.parent.glob("*reset_all*.yaml") if p not in loaded]
+        scratch = find_scratch(record, [*loaded.values(), *neighbours])
+        files = plot_record(record, out, path.stem)
+        summary = _rounded({"record": str(path), **continual_summary(record, scratch),
+                            "neuron_ratios_by_task": neuron_ratios_by_task(record)}, 4)
+        files.append(write_yaml_atomic(summary, out / f"{path.stem}_summary.yaml"))
+        click.echo(yaml.safe_dump(summary, sort_keys=False, default_flow_style=None, width=110).rstrip())
+        click.echo("wrote " + ", ".join(str(f) for f in files))
 
 
 def _print_summary(record: dict, path: Path | None) -> None:

@@ -29,6 +29,8 @@ class RunSpec:
     learner: str = "qmix"
     seed: int = 0
     device: str = "cpu"
+    #: Log neuron-level metrics every this many updates (0 = off). Measurement only.
+    neuron_every_updates: int = 50
 
 
 def resolve_device(name: str) -> torch.device:
@@ -56,7 +58,8 @@ def evaluate(spec: RunSpec, out: Path | None, progress: ProgressFn | None = None
         where=f"{scenario.source}: tiers.{spec.tier}.learner",
     )
     started = time.perf_counter()
-    result = run(scenario, spec.tier, learner, method, spec.seed, progress=progress)
+    result = run(scenario, spec.tier, learner, method, spec.seed, progress=progress,
+                 neuron_every_updates=spec.neuron_every_updates)
     wall = time.perf_counter() - started
     record = build_record(spec, scenario, learner, method, result, wall)
     path = write_record(record, out) if out is not None else None
@@ -90,10 +93,11 @@ def build_record(spec: RunSpec, scenario, learner, method, result: RunResult, wa
             "updates": result.updates,
         },
         "tasks": result.task_names,
-        "curves": _rounded(result.curves),
-        "R": _rounded(result.R),
-        "R_return": _rounded(result.R_return),
-        "metrics": _rounded({**result.summary(), "q_tot_mse_per_task": result.q_tot_mse or None}),
+        "curves": rounded(result.curves),
+        "R": rounded(result.R),
+        "R_return": rounded(result.R_return),
+        "metrics": rounded({**result.summary(), "q_tot_mse_per_task": result.q_tot_mse or None}),
+        "neurons": rounded(result.neurons),
         "content_hash": None,
     }
     return seal(record)
@@ -104,11 +108,12 @@ def build_record(spec: RunSpec, scenario, learner, method, result: RunResult, wa
 RECORD_DECIMALS = 6
 
 
-def _rounded(data: Any) -> Any:
+def rounded(data: Any, decimals: int = RECORD_DECIMALS) -> Any:
+    """Floats in nested dicts/lists rounded to ``decimals`` places."""
     if isinstance(data, float):
-        return round(data, RECORD_DECIMALS)
+        return round(data, decimals)
     if isinstance(data, dict):
-        return {k: _rounded(v) for k, v in data.items()}
+        return {k: rounded(v, decimals) for k, v in data.items()}
     if isinstance(data, list):
-        return [_rounded(v) for v in data]
+        return [rounded(v, decimals) for v in data]
     return data

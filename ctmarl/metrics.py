@@ -43,3 +43,34 @@ def forgetting(R: np.ndarray) -> float | None:
     """Mean forgetting over the tasks before the last; None for a single-task scenario."""
     values = forgetting_per_task(R)
     return float(values.mean()) if values.size else None
+
+
+def plasticity_ratio_per_task(auc_method: Sequence[float], auc_scratch: Sequence[float]) -> np.ndarray:
+    """PR_k = AUC_k(method) / AUC_k(scratch): [K]; NaN where the scratch AUC is 0."""
+    method, scratch = np.asarray(auc_method, dtype=float), np.asarray(auc_scratch, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(scratch > 0, method / np.where(scratch > 0, scratch, 1.0), np.nan)
+
+
+def forward_transfer_per_task(auc_method: Sequence[float], auc_scratch: Sequence[float]) -> np.ndarray:
+    """FT_k = (AUC_k - AUC_k^scratch) / (1 - AUC_k^scratch) (Continual World): [K]; NaN where
+    the scratch AUC is 1 (nothing left to transfer)."""
+    method, scratch = np.asarray(auc_method, dtype=float), np.asarray(auc_scratch, dtype=float)
+    headroom = 1.0 - scratch
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(headroom > 0, (method - scratch) / np.where(headroom > 0, headroom, 1.0), np.nan)
+
+
+def trend(values: Sequence[float]) -> float:
+    """Least-squares slope of values against their index, ignoring NaN (the PR_k trend)."""
+    y = np.asarray(values, dtype=float)
+    x = np.arange(y.size, dtype=float)
+    keep = ~np.isnan(y)
+    if keep.sum() < 2:
+        return float("nan")
+    return float(np.polyfit(x[keep], y[keep], 1)[0])
+
+
+def nan_mean(values: Sequence[float]) -> float:
+    y = np.asarray(values, dtype=float)
+    return float(np.nanmean(y)) if (~np.isnan(y)).any() else float("nan")

@@ -24,8 +24,9 @@ import torch
 
 from ctmarl import metrics
 from ctmarl.envs.base import BatchedEnv
-from ctmarl.learner import EpisodeBatch, Learner
+from ctmarl.learner import EpisodeBatch, Learner, NeuronGroup
 from ctmarl.method import Method, MethodContext
+from ctmarl.neurons import GroupSnapshot, NeuronMonitor
 from ctmarl.scenario import Scenario, Task
 
 #: progress(env_steps_advanced, task_index, task_name, latest_score)
@@ -88,9 +89,26 @@ class RunResult:
     R: list[list[float]] = field(default_factory=list)
     R_return: list[list[float]] = field(default_factory=list)
     q_tot_mse: list[float] = field(default_factory=list)
+    #: Neuron-level curves: "update", "env_step", "task" columns and, per group, its part and
+    #: one column per GroupSnapshot field (see ctmarl.neurons).
+    neurons: dict[str, Any] = field(default_factory=lambda: {
+        "every_updates": 0, "update": [], "env_step": [], "task": [], "groups": {}})
     env_steps: int = 0
     updates: int = 0
     wall_time_s: float = 0.0
+
+    def log_neurons(self, snapshot: dict[str, GroupSnapshot], groups: list[NeuronGroup], task: int) -> None:
+        log = self.neurons
+        log["update"].append(self.updates)
+        log["env_step"].append(self.env_steps)
+        log["task"].append(task)
+        for group in groups:
+            if group.name not in snapshot:
+                continue
+            columns = log["groups"].setdefault(group.name, {"part": group.part})
+            columns.setdefault("width", []).append(group.width)
+            for key, value in vars(snapshot[group.name]).items():
+                columns.setdefault(key, []).append(value)
 
     def task_curves(self) -> list[list[float]]:
         per_task: list[list[float]] = [[] for _ in self.task_names]
@@ -153,10 +171,13 @@ def run(
     method: Method,
     seed: int,
     progress: ProgressFn | None = None,
+    neuron_every_updates: int = 0,
 ) -> RunResult:
     """Train ``learner`` with ``method`` through ``scenario`` at ``tier``; return what was measured.
 
-    The caller seeds torch and builds the learner (see :func:`ctmarl.evaluate.evaluate`).
+    Neuron metrics are logged every ``neuron_every_updates`` updates (0 = off); they only read
+    the networks, so they never change the run's numbers. The caller seeds torch and builds the
+    learner (see :func:`ctmarl.evaluate.evaluate`).
     """
     tier_spec = scenario.tier(tier)
     protocol = scenario.protocol
@@ -168,6 +189,13 @@ def run(
     explore_generator.manual_seed(_derive_seed(seed, 1))
     evaluator = Evaluator(tasks, protocol.eval_episodes, device, seed)
     result = RunResult(task_names=[t.name for t in tasks])
+    result.neurons["every_updates"] = neuron_every_updates
+    monitor = NeuronMonitor(learner.neuron_groups, neuron_every_updates) if neuron_every_updates else None
+
+    def after_backward() -> None:
+        if monitor is not None:
+            monitor.after_backward()  # measure the gradients before a method may alter them
+        method.after_backward()
     method.attach(learner, MethodContext(len(tasks), protocol.announce_task_boundaries, seed))
     announce = protocol.announce_task_boundaries
     updates_per_collect = learner.config.updates_per_collect
@@ -188,9 +216,16 @@ def run(
             explore_steps += collected.env_steps
             result.env_steps += collected.env_steps
             for _ in range(updates_per_collect):
-                if learner.update(after_backward=method.after_backward) is None:
+                logging = monitor is not None and monitor.wants(result.updates + 1)
+                if logging:
+                    monitor.arm()
+                if learner.update(after_backward=after_backward) is None:
+                    if logging:
+                        monitor.disarm()
                     break
                 result.updates += 1
+                if logging:
+                    result.log_neurons(monitor.take(), learner.neuron_groups(), task.index)
                 method.after_update(result.updates)
             while next_eval < len(eval_points) and task_steps >= eval_points[next_eval]:
                 score, episode_return = evaluator(learner, task.index)

@@ -1,0 +1,216 @@
+"""Neuron-level plasticity scores (DESIGN.md §6) and a monitor that logs them over training.
+
+For a neuron group with incoming weights W [H, D], bias b [H] and post-activations h [M, H]
+(M rows: every (episode, step, agent) row of the latest replay batch's online forward pass):
+
+- dormant (ReDo):  a_i = mean_M |h_i|;   s_i = a_i / (mean_k a_k + 1e-9);   dormant if s_i <= τ_d
+- GraMa:           g_i = mean |∂L/∂[W_i, b_i]| (D+1 entries);   s_i = g_i / (mean_k g_k + 1e-9)
+- stagnant (KNIFE): r_i = ‖∂L/∂[W_i, b_i]‖₂ / (‖[W_i, b_i]‖₂ + 1e-8), averaged by an EMA over
+                   updates (r̄ ← β r̄ + (1-β) r, β = 0.9, started at the first r);
+                   s_i = r̄_i / (mean_k r̄_k + 1e-12);   stagnant if s_i <= τ_s
+
+Default thresholds τ_d = τ_g = τ_s = 0.1. Gradients are the raw ones of the TD loss, before
+clipping. The effective rank of h is Roy & Vetterli's (2007): exp(entropy of the normalised
+singular values of h), between 1 and min(M, H).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ctmarl.learner import NeuronGroup
+
+DORMANT_EPS = 1e-9
+GRAMA_EPS = 1e-9
+RATIO_EPS = 1e-8
+STAGNANT_EPS = 1e-12
+
+
+def layer_normalised(values: torch.Tensor, eps: float) -> torch.Tensor:
+    """s_i = v_i / (mean_k v_k + eps) over the last dimension."""
+    return values / (values.mean(-1, keepdim=True) + eps)
+
+
+def dormant_scores(activations: torch.Tensor) -> torch.Tensor:
+    """[M, H] post-activations -> [H] ReDo scores."""
+    return layer_normalised(activations.abs().mean(0), DORMANT_EPS)
+
+
+def incoming_rows(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """[W_i, b_i] rows [H, D+1] (or [H, D] without bias)."""
+    return weight if bias is None else torch.cat([weight, bias.unsqueeze(1)], dim=1)
+
+
+def grama_scores(weight_grad: torch.Tensor, bias_grad: torch.Tensor | None) -> torch.Tensor:
+    """[H, D] and [H] gradients -> [H] GraMa scores."""
+    return layer_normalised(incoming_rows(weight_grad, bias_grad).abs().mean(1), GRAMA_EPS)
+
+
+def update_ratios(
+    weight: torch.Tensor, bias: torch.Tensor | None, weight_grad: torch.Tensor, bias_grad: torch.Tensor | None
+) -> torch.Tensor:
+    """Raw r_i = ‖∂L/∂[W_i, b_i]‖₂ / (‖[W_i, b_i]‖₂ + 1e-8): [H]."""
+    grad_norm = incoming_rows(weight_grad, bias_grad).norm(dim=1)
+    return grad_norm / (incoming_rows(weight, bias).norm(dim=1) + RATIO_EPS)
+
+
+def stagnant_scores(ratio_ema: torch.Tensor) -> torch.Tensor:
+    """[H] EMA of update ratios -> [H] KNIFE stagnation scores."""
+    return layer_normalised(ratio_ema, STAGNANT_EPS)
+
+
+def effective_rank(activations: torch.Tensor) -> float:
+    """exp(entropy of normalised singular values) of an [M, H] activation matrix."""
+    singular = torch.linalg.svdvals(activations.float())
+    total = singular.sum()
+    if total <= 0:
+        return 0.0
+    p = singular / total
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def group_gradients(group: NeuronGroup) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(∂L/∂W, ∂L/∂b) of a group's incoming layer, zeros where no gradient flowed."""
+    weight, bias = group.incoming.weight, group.incoming.bias
+    weight_grad = weight.grad if weight.grad is not None else torch.zeros_like(weight)
+    if bias is None:
+        return weight_grad, None
+    return weight_grad, bias.grad if bias.grad is not None else torch.zeros_like(bias)
+
+
+def group_update_ratios(group: NeuronGroup) -> torch.Tensor:
+    weight_grad, bias_grad = group_gradients(group)
+    return update_ratios(group.incoming.weight.detach(), _detached(group.incoming.bias), weight_grad, bias_grad)
+
+
+def _detached(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.detach()
+
+
+class StagnationTracker:
+    """EMA of each group's update ratios, updated after every backward pass.
+
+    Keyed by group name; a group whose width changed (a method grew it) restarts its EMA.
+    Used by the metrics monitor and by methods that act on stagnant neurons (KNIFE).
+    """
+
+    def __init__(self, beta: float = 0.9) -> None:
+        self.beta = beta
+        self.ema: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def observe(self, groups: list[NeuronGroup]) -> None:
+        for group in groups:
+            ratio = group_update_ratios(group)
+            previous = self.ema.get(group.name)
+            if previous is None or previous.shape != ratio.shape:
+                self.ema[group.name] = ratio.clone()
+            else:
+                previous.mul_(self.beta).add_(ratio, alpha=1.0 - self.beta)
+
+    def scores(self, group: NeuronGroup) -> torch.Tensor | None:
+        ema = self.ema.get(group.name)
+        return None if ema is None else stagnant_scores(ema)
+
+    def state_dict(self) -> dict:
+        return {"beta": self.beta, "ema": {k: v.clone() for k, v in self.ema.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.beta = state["beta"]
+        self.ema = {k: v.clone() for k, v in state["ema"].items()}
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    dormant: float = 0.1
+    grama: float = 0.1
+    stagnant: float = 0.1
+
+
+@dataclass(frozen=True)
+class GroupSnapshot:
+    """Every logged quantity of one group at one logging update."""
+
+    stagnant_ratio: float
+    dormant_ratio: float
+    grama_ratio: float
+    stagnant_and_dormant: float
+    stagnant_and_grama: float
+    update_ratio_mean: float
+    update_ratio_median: float
+    weight_norm: float
+    grad_norm: float
+    effective_rank: float
+
+
+def snapshot_group(
+    group: NeuronGroup, activations: torch.Tensor, ratio_ema: torch.Tensor, thresholds: Thresholds
+) -> GroupSnapshot:
+    """Scores of one group from its activations [M, H] and gradients present now."""
+    weight_grad, bias_grad = group_gradients(group)
+    stagnant = stagnant_scores(ratio_ema) <= thresholds.stagnant
+    dormant = dormant_scores(activations) <= thresholds.dormant
+    grama = grama_scores(weight_grad, bias_grad) <= thresholds.grama
+    rows = incoming_rows(group.incoming.weight.detach(), _detached(group.incoming.bias))
+    values = torch.stack([
+        stagnant.float().mean(), dormant.float().mean(), grama.float().mean(),
+        (stagnant & dormant).float().mean(), (stagnant & grama).float().mean(),
+        ratio_ema.mean(), ratio_ema.median(), rows.norm(), incoming_rows(weight_grad, bias_grad).norm(),
+    ]).tolist()
+    return GroupSnapshot(*values, effective_rank=effective_rank(activations))
+
+
+class NeuronMonitor:
+    """Logs every group's scores every ``interval`` updates (0 = never), at small cost.
+
+    The stagnation EMA is updated after every backward pass (a few row norms per group). On a
+    logging update only, forward hooks on the groups' activation modules capture the latest
+    batch's post-activations, and the full snapshot is taken with the gradients present.
+    """
+
+    def __init__(self, groups_fn, interval: int, thresholds: Thresholds = Thresholds(), beta: float = 0.9):
+        self.groups_fn = groups_fn
+        self.interval = interval
+        self.thresholds = thresholds
+        self.tracker = StagnationTracker(beta)
+        self.activations: dict[str, torch.Tensor] = {}
+        self._hooks: list = []
+        self.pending: dict[str, GroupSnapshot] | None = None
+
+    def wants(self, update: int) -> bool:
+        """Whether update number ``update`` (1-based) is a logging update."""
+        return self.interval > 0 and update % self.interval == 0
+
+    def arm(self) -> None:
+        """Capture activations during the next forward pass."""
+        self.activations.clear()
+        for group in self.groups_fn():
+            self._hooks.append(group.activation.register_forward_hook(self._capture(group.name)))
+
+    def _capture(self, name: str):
+        def hook(module, inputs, output):
+            self.activations[name] = output.detach().reshape(-1, output.shape[-1])
+        return hook
+
+    def disarm(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
+
+    def after_backward(self) -> None:
+        groups = self.groups_fn()
+        self.tracker.observe(groups)
+        if self._hooks:
+            self.pending = {
+                g.name: snapshot_group(g, self.activations[g.name], self.tracker.ema[g.name], self.thresholds)
+                for g in groups if g.name in self.activations
+            }
+
+    def take(self) -> dict[str, GroupSnapshot] | None:
+        """The snapshot of the last armed update (once)."""
+        self.disarm()
+        pending, self.pending = self.pending, None
+        return pending
