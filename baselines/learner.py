@@ -26,6 +26,7 @@ from torch.nn import functional as F
 from ctmarl_baselines.networks import RNNAgent
 from ctmarl_baselines.replay import EpisodeReplay
 from ctmarl.envs.base import EnvInfo
+from ctmarl.errors import ConfigError
 from ctmarl.learner import EpisodeBatch, NeuronGroup
 
 OPTIMIZERS = ("adam", "rmsprop")
@@ -221,6 +222,26 @@ class ValueFactorisationLearner(nn.Module):
         self.target_agent.load_state_dict(self.agent.state_dict())
         self.target_mixer.load_state_dict(self.mixer.state_dict())
         self.episodes_at_target_sync = self.episodes_seen
+
+    # --- interventions ----------------------------------------------------------------------
+    def reinitialise(self, modules: tuple[str, ...], clear_replay: bool = False) -> None:
+        """Re-draw the named modules' parameters from their initial distributions (in the order
+        they were built, so a seeded call reproduces a fresh learner), copy them into the target
+        networks, and drop their optimizer moments. ``clear_replay`` empties the replay."""
+        for name in modules:
+            if name.startswith("target_") or name not in dict(self.named_modules()):
+                known = [n for n, _ in self.named_modules() if n and not n.startswith("target_")]
+                raise ConfigError(f"cannot re-initialise {name!r}; modules: {', '.join(known)}")
+        for name in modules:
+            module = self.get_submodule(name)
+            for sub in module.modules():
+                if hasattr(sub, "reset_parameters"):
+                    sub.reset_parameters()
+            self.get_submodule(f"target_{name}").load_state_dict(module.state_dict())
+            for param in module.parameters():
+                self.optimizer.state.pop(param, None)
+        if clear_replay:
+            self.replay = EpisodeReplay(self.config.buffer_episodes, self.device)
 
     # --- analysis ----------------------------------------------------------------------------
     def neuron_groups(self) -> list[NeuronGroup]:

@@ -117,6 +117,10 @@ class Learner(Protocol):
     def neuron_groups(self) -> list[NeuronGroup]:
         """Every hidden layer methods and metrics may address."""
 
+    def reinitialise(self, modules: tuple[str, ...], clear_replay: bool = False) -> None:
+        """Fresh initialisation of the named modules ("agent", "agent.fc2", "mixer", ...), their
+        target copies and their optimizer state; optionally empty the replay."""
+
     def joint_q(self, batch: EpisodeBatch, actions: torch.Tensor) -> torch.Tensor:
         """Q_tot at t=0 of ``batch`` [E] for the given joint actions [E, N] (one-step analysis)."""
 
