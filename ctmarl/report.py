@@ -50,13 +50,18 @@ def continual_summary(record: Mapping[str, Any], scratch: Mapping[str, Any] | No
     pr = metrics.plasticity_ratio_per_task(m["auc_per_task"], scratch_auc)
     ft = metrics.forward_transfer_per_task(m["auc_per_task"], scratch_auc)
     summary.update(
-        plasticity_ratio=metrics.nan_mean(pr),
+        plasticity_ratio=_number_or_reason(metrics.nan_mean(pr), "scratch AUC is 0 on every task"),
         plasticity_ratio_per_task=_nan_to_none(pr),
-        plasticity_ratio_trend=metrics.trend(pr),
-        forward_transfer=metrics.nan_mean(ft),
+        plasticity_ratio_trend=_number_or_reason(metrics.trend(pr), "fewer than 2 defined PR_k"),
+        forward_transfer=_number_or_reason(
+            metrics.nan_mean(ft), "undefined: scratch AUC is 1 on every task (no headroom)"),
         forward_transfer_per_task=_nan_to_none(ft),
     )
     return summary
+
+
+def _number_or_reason(value: float, reason: str) -> float | str:
+    return f"n/a: {reason}" if np.isnan(value) else value
 
 
 def _nan_to_none(values: np.ndarray) -> list[float | None]:
