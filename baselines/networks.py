@@ -40,11 +40,11 @@ class RNNAgent(nn.Module):
         ]
 
 
-def _hypernet(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+def hypernet(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim))
 
 
-def _sequential_group(name: str, net: nn.Sequential) -> NeuronGroup:
+def sequential_group(name: str, net: nn.Sequential) -> NeuronGroup:
     """The hidden layer of a Linear-activation-Linear stack."""
     return NeuronGroup(f"{name}.0", net[0], net[1], (Consumer(net[2], "weight"),), "mixer")
 
@@ -55,10 +55,10 @@ class QMixer(nn.Module):
     def __init__(self, n_agents: int, state_dim: int, embed_dim: int = 32, hypernet_hidden_dim: int = 64):
         super().__init__()
         self.n_agents, self.state_dim, self.embed_dim = n_agents, state_dim, embed_dim
-        self.hyper_w1 = _hypernet(state_dim, hypernet_hidden_dim, n_agents * embed_dim)
+        self.hyper_w1 = hypernet(state_dim, hypernet_hidden_dim, n_agents * embed_dim)
         self.hyper_b1 = nn.Linear(state_dim, embed_dim)
-        self.hyper_w_final = _hypernet(state_dim, hypernet_hidden_dim, embed_dim)
-        self.V = _hypernet(state_dim, embed_dim, 1)
+        self.hyper_w_final = hypernet(state_dim, hypernet_hidden_dim, embed_dim)
+        self.V = hypernet(state_dim, embed_dim, 1)
 
     def forward(
         self,
@@ -83,7 +83,7 @@ class QMixer(nn.Module):
 
     def neuron_groups(self, prefix: str) -> list[NeuronGroup]:
         return [
-            _sequential_group(f"{prefix}.hyper_w1", self.hyper_w1),
-            _sequential_group(f"{prefix}.hyper_w_final", self.hyper_w_final),
-            _sequential_group(f"{prefix}.V", self.V),
+            sequential_group(f"{prefix}.hyper_w1", self.hyper_w1),
+            sequential_group(f"{prefix}.hyper_w_final", self.hyper_w_final),
+            sequential_group(f"{prefix}.V", self.V),
         ]
