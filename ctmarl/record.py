@@ -118,6 +118,7 @@ def write_yaml_atomic(data: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; records are shared
         with os.fdopen(fd, "w") as handle:
             yaml.safe_dump(data, handle, sort_keys=False, default_flow_style=None, width=100)
             handle.flush()
@@ -129,6 +130,12 @@ def write_yaml_atomic(data: Any, path: Path) -> Path:
             raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_record(record: dict[str, Any], folder: Path) -> Path:

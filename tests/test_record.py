@@ -35,6 +35,13 @@ def test_same_seed_same_numbers(smoke_record, tmp_path):
     assert other["config_hash"] != record["config_hash"]
 
 
+def test_record_file_honours_the_umask(smoke_record):
+    _, path = smoke_record
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
 def test_edited_number_is_detected(smoke_record, tmp_path):
     _, path = smoke_record
     data = yaml.safe_load(path.read_text())
