@@ -2,8 +2,12 @@
 
 Agents are ``agent_0 .. agent_{N-1}``; observations are ``Box`` vectors, actions ``Discrete(A)``,
 and the action mask of each agent is in ``infos[agent]["action_mask"]`` (int8, PettingZoo's
-convention for parallel envs). ``state()`` returns the global state. The view checks actions
-against the mask: choosing an unavailable action is an error, as in SMAC.
+convention for parallel envs). ``state()`` returns the global state.
+
+An unavailable action is passed to the env family, which treats it as a no-op (each family
+documents how); with ``strict_masks=True`` the view raises instead, as SMAC does. Non-strict is
+the default so that PettingZoo's own conformance tests, which sample actions without masks, run
+unmodified.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ class ParallelEnvView(ParallelEnv):
 
     metadata = {"name": "ctmarl_parallel_view", "render_modes": []}
 
-    def __init__(self, make_env: Callable[[int], BatchedEnv], seed: int = 0):
+    def __init__(self, make_env: Callable[[int], BatchedEnv], seed: int = 0, strict_masks: bool = False):
         self._make_env = make_env
+        self.strict_masks = strict_masks
         self._env = make_env(seed)
         if self._env.num_envs != 1:
             raise ValueError("ParallelEnvView wraps exactly one env copy (num_envs=1)")
@@ -70,7 +75,7 @@ class ParallelEnvView(ParallelEnv):
         joint = []
         for i, agent in enumerate(self.possible_agents):
             action = int(actions[agent])
-            if not bool(masks[i, action]):
+            if self.strict_masks and not bool(masks[i, action]):
                 raise ValueError(f"{agent}: action {action} is not available")
             joint.append(action)
         result = self._env.step(torch.tensor([joint], device=self._env.device))
