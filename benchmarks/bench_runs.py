@@ -41,15 +41,16 @@ def main() -> None:
     baseline = None
     for algo in algos:
         for every in intervals:
-            walls, rate = [], 0.0
+            walls, env_steps = [], 0
             for _ in range(args.repeats):
                 spec = RunSpec(args.scenario, algo=algo, tier=args.tier, learner=args.learner, seed=args.seed,
                                neuron_every_updates=every)
                 started = time.perf_counter()
                 record, _ = evaluate(spec, None)
                 walls.append(time.perf_counter() - started)
-                rate = record["timing"]["env_steps"] / walls[-1]
+                env_steps = record["timing"]["env_steps"]
             wall = statistics.median(walls)
+            rate = env_steps / wall
             baseline = baseline or wall
             label = "off" if every == 0 else f"{every} updates"
             print(f"| {algo} | {label} | {wall:.2f} | {rate:.0f} | {100 * (wall / baseline - 1):+.1f}% |", flush=True)
