@@ -65,23 +65,22 @@ def list_command() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def evaluate(algo, scenario, tier, seed, learner, out, device, neuron_every, quiet) -> None:
     """Run one method on one scenario tier and write its run record."""
-    from ctmarl.evaluate import RunSpec
-    from ctmarl.evaluate import evaluate as run_evaluation
+    from ctmarl.evaluate import RunSpec, execute, prepare
 
     spec = RunSpec(scenario=scenario, algo=algo, tier=tier, learner=learner, seed=seed, device=device,
                    neuron_every_updates=neuron_every)
-    resolved = make_scenario(scenario)
-    budget = resolved.tier(tier).env_steps_per_task * len(resolved.spec.tasks)
-    label = f"{resolved.id} {tier} {learner}+{algo} seed {seed}"
+    prepared = prepare(spec, out)  # every bad input fails here, before anything is printed
     if quiet:
-        record, path = run_evaluation(spec, out)
+        record, path = execute(prepared)
     else:
-        with click.progressbar(length=budget, label=label, file=sys.stderr,
+        n_tasks = len(prepared.scenario.spec.tasks)
+        label = f"{prepared.scenario.id} {tier} {learner}+{algo} seed {seed}"
+        with click.progressbar(length=prepared.total_env_steps, label=label, file=sys.stderr,
                                item_show_func=lambda text: text, show_pos=True) as bar:
             def progress(steps: int, task_index: int, task_name: str, score: float) -> None:
-                bar.update(steps, f"task {task_index + 1}/{len(resolved.spec.tasks)} {task_name} score {score:.2f}")
+                bar.update(steps, f"task {task_index + 1}/{n_tasks} {task_name} score {score:.2f}")
 
-            record, path = run_evaluation(spec, out, progress=progress)
+            record, path = execute(prepared, progress=progress)
     _print_summary(record, path)
 
 

@@ -43,8 +43,23 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def evaluate(spec: RunSpec, out: Path | None, progress: ProgressFn | None = None) -> tuple[dict[str, Any], Path | None]:
-    """Run ``spec`` and write its record into ``out`` (if given). Returns (record, path)."""
+@dataclass
+class PreparedRun:
+    """A run whose every input has been resolved and checked: nothing can fail on bad input now."""
+
+    spec: RunSpec
+    scenario: Any
+    learner: Any
+    method: Any
+    out: Path | None
+
+    @property
+    def total_env_steps(self) -> int:
+        return self.scenario.tier(self.spec.tier).env_steps_per_task * len(self.scenario.spec.tasks)
+
+
+def prepare(spec: RunSpec, out: Path | None) -> PreparedRun:
+    """Resolve names, check configs, device and output folder, seed, and build learner and method."""
     scenario = make_scenario(spec.scenario)
     tier = scenario.tier(spec.tier)
     device = resolve_device(spec.device)
@@ -52,18 +67,28 @@ def evaluate(spec: RunSpec, out: Path | None, progress: ProgressFn | None = None
     if out is not None:
         ensure_writable(out)
     torch.manual_seed(spec.seed)
-    info = scenario.env_info(spec.tier)
     learner = make_learner(
-        spec.learner, info, dict(tier.learner), device=device, seed=spec.seed,
+        spec.learner, scenario.env_info(spec.tier), dict(tier.learner), device=device, seed=spec.seed,
         where=f"{scenario.source}: tiers.{spec.tier}.learner",
     )
+    return PreparedRun(spec, scenario, learner, method, out)
+
+
+def execute(prepared: PreparedRun, progress: ProgressFn | None = None) -> tuple[dict[str, Any], Path | None]:
+    """Train, build the record, write it into ``prepared.out`` (if any). Returns (record, path)."""
+    spec = prepared.spec
     started = time.perf_counter()
-    result = run(scenario, spec.tier, learner, method, spec.seed, progress=progress,
-                 neuron_every_updates=spec.neuron_every_updates)
+    result = run(prepared.scenario, spec.tier, prepared.learner, prepared.method, spec.seed,
+                 progress=progress, neuron_every_updates=spec.neuron_every_updates)
     wall = time.perf_counter() - started
-    record = build_record(spec, scenario, learner, method, result, wall)
-    path = write_record(record, out) if out is not None else None
+    record = build_record(spec, prepared.scenario, prepared.learner, prepared.method, result, wall)
+    path = write_record(record, prepared.out) if prepared.out is not None else None
     return record, path
+
+
+def evaluate(spec: RunSpec, out: Path | None, progress: ProgressFn | None = None) -> tuple[dict[str, Any], Path | None]:
+    """Run ``spec`` and write its record into ``out`` (if given). Returns (record, path)."""
+    return execute(prepare(spec, out), progress)
 
 
 def build_record(spec: RunSpec, scenario, learner, method, result: RunResult, wall_time_s: float) -> dict[str, Any]:

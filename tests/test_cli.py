@@ -40,10 +40,13 @@ def test_algo_as_entry_point(tmp_path):
     (["--scenario", "matrix_drift", "--algo", "os:path"], "error: method 'os:path' resolves to"),
     (["--scenario", "matrix_drift", "--device", "cuda:7"], "error: --device 'cuda:7'"),
 ])
-def test_bad_input_is_one_clear_line(tmp_path, args, message):
+@pytest.mark.parametrize("quiet", [True, False])
+def test_bad_input_is_one_clear_line(tmp_path, args, message, quiet):
     out = tmp_path / "out"
-    result = invoke("evaluate", "--tier", "smoke", "--quiet", "--out", str(out), *args) \
-        if "--tier" not in args else invoke("evaluate", "--quiet", "--out", str(out), *args)
+    flags = ["--quiet"] if quiet else []
+    if "--tier" not in args:
+        flags += ["--tier", "smoke"]
+    result = invoke("evaluate", *flags, "--out", str(out), *args)
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), result.output
