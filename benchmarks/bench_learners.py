@@ -28,8 +28,9 @@ from typing import Any
 import torch
 
 from ctmarl.envs.base import EnvInfo
-from ctmarl.learner import EpisodeBatch, make_learner
+from ctmarl.learner import make_learner
 from ctmarl.scenario import make_scenario, scenario_names
+from ctmarl.testing import random_episodes
 from ctmarl_baselines.reference import loop_path
 
 LEARNERS = ("qmix", "qplex")
@@ -47,21 +48,6 @@ def cases() -> Iterator[tuple[str, str, EnvInfo, dict[str, Any]]]:
             yield name, tier, scenario.env_info(tier), dict(scenario.tier(tier).learner)
     if "predator_prey_penalty" not in names:
         yield "predator_prey (EnvInfo)", "standard", PREDATOR_PREY_STANDARD, {"batch_size": 32}
-
-
-def full_length_episodes(info: EnvInfo, episodes: int, seed: int = 0) -> EpisodeBatch:
-    g = torch.Generator().manual_seed(seed)
-    t, n, a = info.episode_limit, info.n_agents, info.n_actions
-    avail = torch.rand(episodes, t + 1, n, a, generator=g) < 0.8
-    avail[..., 0] = True
-    actions = torch.randint(0, a, (episodes, t, n), generator=g)
-    actions = torch.where(avail[:, :-1].gather(-1, actions[..., None]).squeeze(-1), actions, 0)
-    return EpisodeBatch(
-        torch.rand(episodes, t + 1, n, info.obs_dim, generator=g).round(),
-        torch.rand(episodes, t + 1, info.state_dim, generator=g),
-        avail, actions, torch.randn(episodes, t, generator=g),
-        torch.zeros(episodes, t, dtype=torch.bool), torch.ones(episodes, t),
-    )
 
 
 def updates_per_second(learner, loop: bool, updates: int, warmup: int, repeats: int) -> float:
@@ -102,7 +88,7 @@ def main() -> None:
         for name in LEARNERS:
             torch.manual_seed(0)
             learner = make_learner(name, info, overrides)
-            learner.add_episodes(full_length_episodes(info, batch_size))
+            learner.add_episodes(random_episodes(info, batch_size, full_length=True))
             fused = updates_per_second(learner, False, args.updates, args.warmup, args.repeats)
             loop = updates_per_second(learner, True, args.updates, args.warmup, args.repeats)
             print(f"{scenario:<24} {tier:<9} {name:<7} {info.n_agents:>3} {info.episode_limit:>4} "

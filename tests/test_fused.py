@@ -4,27 +4,15 @@ import pytest
 import torch
 
 from ctmarl.envs.base import EnvInfo
-from ctmarl.learner import EpisodeBatch, make_learner
+from ctmarl.learner import make_learner
+from ctmarl.testing import random_episodes as _random_episodes
 from ctmarl_baselines.reference import loop_unroll, reference_loss
 
 INFO = EnvInfo(n_agents=3, obs_dim=5, state_dim=7, n_actions=4, episode_limit=9)
 
 
-def random_episodes(episodes=5, info=INFO, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    t, n, a = info.episode_limit, info.n_agents, info.n_actions
-    avail = torch.rand(episodes, t + 1, n, a, generator=g) < 0.7
-    avail[..., 0] = True
-    actions = torch.randint(0, a, (episodes, t, n), generator=g)
-    actions = torch.where(avail[:, :-1].gather(-1, actions[..., None]).squeeze(-1), actions, 0)
-    lengths = torch.randint(1, t + 1, (episodes,), generator=g)
-    mask = (torch.arange(t)[None] < lengths[:, None]).float()
-    return EpisodeBatch(
-        torch.randn(episodes, t + 1, n, info.obs_dim, generator=g),
-        torch.randn(episodes, t + 1, info.state_dim, generator=g),
-        avail, actions, torch.randn(episodes, t, generator=g) * mask,
-        torch.arange(t)[None] == (lengths[:, None] - 1), mask,
-    )
+def random_episodes(episodes=5, seed=0):
+    return _random_episodes(INFO, episodes, seed)
 
 
 @pytest.mark.parametrize("learner_name", ["qmix", "qplex"])

@@ -5,28 +5,15 @@ import torch
 
 from ctmarl.envs.base import EnvInfo
 from ctmarl.errors import ConfigError
-from ctmarl.learner import EpisodeBatch, Learner, make_learner
+from ctmarl.learner import EpisodeBatch, make_learner
+from ctmarl.testing import random_episodes as _random_episodes
 from ctmarl_baselines.qplex import BlockDiagonalLinear, DuplexMixer
 
 INFO = EnvInfo(n_agents=3, obs_dim=5, state_dim=7, n_actions=3, episode_limit=6)
 
 
-def random_episodes(episodes=4, info=INFO, seed=0, avail_prob=0.7):
-    """Random padded episodes: random lengths, masks with action 0 always available."""
-    g = torch.Generator().manual_seed(seed)
-    t, n, a = info.episode_limit, info.n_agents, info.n_actions
-    avail = torch.rand(episodes, t + 1, n, a, generator=g) < avail_prob
-    avail[..., 0] = True
-    actions = torch.randint(0, a, (episodes, t, n), generator=g)
-    actions = torch.where(avail[:, :-1].gather(-1, actions[..., None]).squeeze(-1), actions, 0)
-    lengths = torch.randint(1, t + 1, (episodes,), generator=g)
-    mask = (torch.arange(t)[None] < lengths[:, None]).float()
-    terminated = torch.arange(t)[None] == (lengths[:, None] - 1)
-    return EpisodeBatch(
-        torch.randn(episodes, t + 1, n, info.obs_dim, generator=g),
-        torch.randn(episodes, t + 1, info.state_dim, generator=g),
-        avail, actions, torch.randn(episodes, t, generator=g) * mask, terminated, mask,
-    )
+def random_episodes(episodes=4, seed=0, avail_prob=0.7):
+    return _random_episodes(INFO, episodes, seed, avail_prob)
 
 
 def mixer_inputs(mixer, m=32, seed=0):
@@ -38,10 +25,8 @@ def mixer_inputs(mixer, m=32, seed=0):
     return chosen, torch.randn(m, 1, mixer.state_dim, generator=g), actions, all_qs.max(-1).values
 
 
-def test_learner_satisfies_protocol():
-    learner = make_learner("qplex", INFO)
-    assert isinstance(learner, Learner)
-    assert isinstance(learner.mixer, DuplexMixer)
+def test_qplex_uses_the_duplex_mixer():
+    assert isinstance(make_learner("qplex", INFO).mixer, DuplexMixer)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -140,17 +125,6 @@ def test_activation_hooks_see_exactly_their_layer():
     widths = {g.name: g.width for g in learner.neuron_groups()}
     # Each activation runs once for the online networks (the target networks are copies).
     assert seen == {name: [width] for name, width in widths.items()}
-
-
-def test_update_reduces_td_loss_on_a_fixed_batch():
-    torch.manual_seed(0)
-    learner = make_learner("qplex", INFO, {"batch_size": 4, "buffer_episodes": 4})
-    batch = random_episodes()
-    learner.add_episodes(batch)
-    before = learner.loss(batch).item()
-    for _ in range(50):
-        stats = learner.update()
-    assert stats is not None and learner.loss(batch).item() < before
 
 
 def test_bad_qplex_override_names_key():
