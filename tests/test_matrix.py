@@ -4,7 +4,6 @@ import pytest
 import torch
 from pettingzoo.test import parallel_api_test, parallel_seed_test
 
-from ctmarl.envs.matrix import MatrixGameEnv
 from ctmarl.envs.pettingzoo_view import ParallelEnvView
 from ctmarl.scenario import make_scenario
 

@@ -12,7 +12,7 @@ import ctmarl
 from ctmarl.config import from_mapping
 from ctmarl.envs.pettingzoo_view import ParallelEnvView
 from ctmarl.envs.predator_prey import (
-    CATCH, DOWN, LEFT, N_ACTIONS, RIGHT, STAY, UP, PredatorPreyEnv, PredatorPreySettings,
+    CATCH, DOWN, LEFT, RIGHT, STAY, UP, PredatorPreyEnv, PredatorPreySettings,
 )
 from ctmarl.errors import ConfigError
 from ctmarl.registry import ENVS
