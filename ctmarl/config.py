@@ -64,12 +64,6 @@ def stable_hash(data: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def replace_checked(obj: T, overrides: Mapping[str, Any], where: str) -> T:
-    """``dataclasses.replace`` with the same key and type checks as :func:`from_mapping`."""
-    merged = {**to_plain(obj), **dict(overrides)}
-    return from_mapping(type(obj), merged, where)
-
-
 def _describe(value: Any) -> str:
     return f"{type(value).__name__} {value!r}" if not isinstance(value, Mapping) else "a mapping"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,11 +76,9 @@ def prepare(spec: RunSpec, out: Path | None) -> PreparedRun:
 def execute(prepared: PreparedRun, progress: ProgressFn | None = None) -> tuple[dict[str, Any], Path | None]:
     """Train, build the record, write it into ``prepared.out`` (if any). Returns (record, path)."""
     spec = prepared.spec
-    started = time.perf_counter()
     result = run(prepared.scenario, spec.tier, prepared.learner, prepared.method, spec.seed,
                  progress=progress, neuron_every_updates=spec.neuron_every_updates)
-    wall = time.perf_counter() - started
-    record = build_record(spec, prepared.scenario, prepared.learner, prepared.method, result, wall)
+    record = build_record(spec, prepared.scenario, prepared.learner, prepared.method, result)
     path = write_record(record, prepared.out) if prepared.out is not None else None
     return record, path
 
@@ -91,7 +88,8 @@ def evaluate(spec: RunSpec, out: Path | None, progress: ProgressFn | None = None
     return execute(prepare(spec, out), progress)
 
 
-def build_record(spec: RunSpec, scenario, learner, method, result: RunResult, wall_time_s: float) -> dict[str, Any]:
+def build_record(spec: RunSpec, scenario, learner, method, result: RunResult) -> dict[str, Any]:
+    wall_time_s = result.wall_time_s
     family = scenario.tasks(spec.tier)[0].family
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,

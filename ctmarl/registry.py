@@ -84,10 +84,6 @@ class Registry:
             self._loaded[entry_point] = self._loader(entry_point)
         return self._loaded[entry_point]
 
-    def __contains__(self, name: str) -> bool:
-        self._read_group()
-        return name in self._specs
-
 
 ENVS = Registry("env family", group="ctmarl.envs")
 ENVS.register("matrix", "ctmarl.envs.matrix:MatrixGameEnv")
