@@ -179,14 +179,14 @@ class ValueFactorisationLearner(nn.Module):
         self.episodes_seen += batch.reward.shape[0]
 
     def unroll(self, agent: RNNAgent, batch: EpisodeBatch) -> torch.Tensor:
-        """Q-values [B, T+1, N, A] of ``agent`` over whole episodes, in one fused GRU call."""
+        """Q-values [B, T+1, N, A] of ``agent`` over whole episodes (:meth:`RNNAgent.unroll`)."""
         b, t1, n, _ = batch.obs.shape
         last = torch.cat([torch.full_like(batch.actions[:, :1], -1), batch.actions], dim=1)[:, :t1]
-        # Concatenated straight into the GRU's layout, each agent's episode contiguous ([B, N, T+1, D]):
-        # permuting a finished [B, T+1, N, D] input would copy the largest tensor of the update again.
-        inputs = self.agent_inputs(batch.obs.transpose(1, 2), last.transpose(1, 2), agent_axis=-3)
-        q, _ = agent(inputs.reshape(b * n, t1, -1), self.initial_hidden(b))
-        return q.view(b, n, t1, -1).permute(0, 2, 1, 3)
+        # Concatenated straight into the recurrence's time-major layout ([T+1, B, N, D]): every
+        # step then reads one contiguous block, and no finished input is permuted (copied) again.
+        inputs = self.agent_inputs(batch.obs.transpose(0, 1), last.transpose(0, 1))
+        q = agent.unroll(inputs.view(t1, b * n, -1), self.initial_hidden(b)[0])
+        return q.view(t1, b, n, -1).transpose(0, 1)
 
     def loss(self, batch: EpisodeBatch) -> torch.Tensor:
         c = self.config

@@ -11,13 +11,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from ctmarl.learner import Consumer, NeuronGroup
+from ctmarl_baselines.gru import gru_sequence
 
 
 class RNNAgent(nn.Module):
     """Linear(input -> H), ReLU, GRU(H), Linear(H -> actions), shared by all agents.
 
-    One ``nn.GRU`` serves both paths: acting feeds sequences of length 1, training feeds whole
-    episodes [batch, T, input] so the recurrence runs in one fused kernel.
+    One ``nn.GRU`` serves both paths: acting runs it on sequences of length 1 (:meth:`forward`),
+    training unrolls whole time-major episodes through :func:`~ctmarl_baselines.gru.gru_sequence`
+    with the same parameter tensors (:meth:`unroll`).
     """
 
     def __init__(self, input_dim: int, hidden_dim: int, n_actions: int) -> None:
@@ -33,6 +35,13 @@ class RNNAgent(nn.Module):
         x = self.relu(self.fc1(inputs))
         out, hidden = self.rnn(x, hidden)
         return self.fc2(out), hidden
+
+    def unroll(self, inputs: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """Training path: time-major ``inputs`` [T, B, input] from ``hidden`` [B, H] -> Q-values
+        [T, B, A], the recurrence in :func:`~ctmarl_baselines.gru.gru_sequence` (this GRU's own
+        parameters, a hand-written backward pass)."""
+        x = self.relu(self.fc1(inputs))
+        return self.fc2(gru_sequence(x, hidden, self.rnn))
 
     def neuron_groups(self, prefix: str) -> list[NeuronGroup]:
         return [

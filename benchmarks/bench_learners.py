@@ -1,4 +1,4 @@
-"""Learner throughput: TD updates/s of each learner, fused nn.GRU unroll vs the GRUCell loop.
+"""Learner throughput: TD updates/s of each learner, the training unroll vs the GRUCell loop.
 
     python benchmarks/bench_learners.py [--quick] [--updates 5] [--repeats 3] [--threads 1]
 
@@ -7,7 +7,8 @@ learner (QMIX, QPLEX) is built at the tier's sizes (``scenario.env_info(tier)``)
 learner overrides (batch size, hidden width, TD(λ), ...), and its replay is filled with random
 full-length episodes (every step valid, so each update unrolls ``episode_limit + 1`` steps). One
 update is ``learner.update()``: sample, loss, backward, clip, step. The *fused* column is the
-learner as trained; the *loop* column is the same update with the agent unrolled by the classic
+learner as trained (the whole-episode unroll of :func:`ctmarl_baselines.gru.gru_sequence`: on CPU a
+hand-written BPTT, on CUDA cuDNN's GRU); the *loop* column is the same update with the agent unrolled by the classic
 PyMARL GRUCell loop (:mod:`ctmarl_baselines.reference`), everything else identical. Updates/s is
 ``--updates`` / seconds after untimed warm-up updates, best of ``--repeats`` (the stable statistic on
 a shared machine). The replay holds just one batch of episodes (``buffer_episodes`` = batch size), so
@@ -34,7 +35,7 @@ from ctmarl.testing import random_episodes
 from ctmarl_baselines.reference import loop_path
 
 LEARNERS = ("qmix", "qplex")
-TIERS = ("quick", "standard")
+TIERS = ("quick", "standard")  # plus a 'pymarl2' row: the standard world at batch 128
 #: predator_prey_penalty's standard world, used when that scenario is not installed.
 PREDATOR_PREY_STANDARD = EnvInfo(n_agents=8, obs_dim=75, state_dim=48, n_actions=6, episode_limit=200)
 
@@ -48,6 +49,10 @@ def cases() -> Iterator[tuple[str, str, EnvInfo, dict[str, Any]]]:
             yield name, tier, scenario.env_info(tier), dict(scenario.tier(tier).learner)
     if "predator_prey_penalty" not in names:
         yield "predator_prey (EnvInfo)", "standard", PREDATOR_PREY_STANDARD, {"batch_size": 32}
+    # The throughput comparison's size (benchmarks/suite.py, pymarl2 section): PyMARL2's batch of 128.
+    info = make_scenario("predator_prey_penalty").env_info("standard") if "predator_prey_penalty" in names \
+        else PREDATOR_PREY_STANDARD
+    yield "predator_prey_penalty", "pymarl2", info, {"batch_size": 128, "td_lambda": 0.5}
 
 
 def updates_per_second(learner, loop: bool, updates: int, warmup: int, repeats: int) -> float:
