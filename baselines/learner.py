@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from ctmarl_baselines.networks import RNNAgent
+from ctmarl_baselines.replay import EpisodeReplay
 from torch import nn
 from torch.nn import functional as F
 
-from ctmarl_baselines.networks import RNNAgent
-from ctmarl_baselines.replay import EpisodeReplay
 from ctmarl.envs.base import EnvInfo
 from ctmarl.errors import ConfigError
 from ctmarl.learner import EpisodeBatch, NeuronGroup

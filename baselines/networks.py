@@ -7,11 +7,11 @@ named by module path (``agent.fc1``, ``mixer.hyper_w1.0``) so records and method
 from __future__ import annotations
 
 import torch
+from ctmarl_baselines.gru import gru_sequence
 from torch import nn
 from torch.nn import functional as F
 
 from ctmarl.learner import Consumer, NeuronGroup
-from ctmarl_baselines.gru import gru_sequence
 
 
 class RNNAgent(nn.Module):

@@ -27,12 +27,12 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
+from ctmarl_baselines.reference import loop_path
 
 from ctmarl.envs.base import EnvInfo
 from ctmarl.learner import make_learner
 from ctmarl.scenario import make_scenario, scenario_names
 from ctmarl.testing import random_episodes
-from ctmarl_baselines.reference import loop_path
 
 LEARNERS = ("qmix", "qplex")
 TIERS = ("quick", "standard")  # plus a 'pymarl2' row: the standard world at batch 128

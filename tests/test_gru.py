@@ -4,7 +4,6 @@ after-the-loop products both matter."""
 
 import pytest
 import torch
-
 from ctmarl_baselines.gru import GRUSequence, gru_sequence
 
 
