@@ -114,6 +114,8 @@ class Options:
     pymarl2_env_steps: int
     pymarl2_reference: float
     folder: Path
+    methods: tuple[str, ...] = ()
+    """Methods of the methods section (empty: every registered method)."""
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -231,7 +233,7 @@ def section_methods(opts: Options) -> Iterator[Row]:
         cases = [("matrix_drift", "smoke", None, None), ("predator_prey_penalty", "smoke", 2, None)]
     else:
         cases = [("matrix_drift", "quick", None, None), ("predator_prey_penalty", "quick", 2, 50_000)]
-    algos = ["none"] + [name for name in METHODS.names() if name != "none"]
+    algos = ["none"] + [name for name in (opts.methods or METHODS.names()) if name != "none"]
     for name, tier, tasks, budget in cases:
         setting = f"{name} {tier}" + ("" if tasks is None else f", {tasks} tasks") + (
             "" if budget is None else f" of {budget} env steps")
@@ -398,8 +400,13 @@ def main() -> None:
                         help="env steps of the pymarl2 run (default 100000; --quick 30000)")
     parser.add_argument("--pymarl2-reference", type=float, default=PYMARL2_ENV_STEPS_PER_S,
                         help="PyMARL2's env steps/s to compare with (default: %(default)s, 2-core machine)")
+    parser.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                        help="methods of the methods section, each timed against none (default: all registered)")
     parser.add_argument("--out", type=Path, default=None, help="also write the table to this markdown file")
     args = parser.parse_args()
+    unknown = sorted(set(args.methods or ()) - set(METHODS.names()))
+    if unknown:
+        parser.error(f"unknown method(s) {', '.join(unknown)}; registered: {', '.join(METHODS.names())}")
 
     configure_process(args.threads)
     with tempfile.TemporaryDirectory() as folder:
@@ -408,6 +415,7 @@ def main() -> None:
             repeats=args.repeats or (1 if args.quick else 3),
             pymarl2_env_steps=args.pymarl2_env_steps or (30_000 if args.quick else 100_000),
             pymarl2_reference=args.pymarl2_reference, folder=Path(folder),
+            methods=tuple(args.methods or ()),
         )
         print(f"<!-- ctmarl benchmark suite{' (--quick)' if args.quick else ''}: torch {torch.__version__}, "
               f"{platform.machine()} {os.cpu_count()} CPUs, {args.threads} thread(s), device {args.device}, "

@@ -352,7 +352,7 @@ class InlineExecutor:
         before = torch.get_num_threads()
         try:
             for task in tasks:
-                outcome = run_task(task)
+                outcome = run_task(dataclasses.replace(task, threads=self.threads))
                 on_done(outcome)
                 if outcome.status == INTERRUPTED:
                     raise KeyboardInterrupt

@@ -283,3 +283,17 @@ def test_ray_executor_gives_the_same_records_and_retries_or_reports_dead_workers
     once, always = report.outcomes
     assert once.status == DONE and (tmp_path / "died").exists()
     assert always.status == FAILED and "Ray could not complete it after 1 retries" in always.error
+
+
+def test_inline_executor_runs_at_the_asked_thread_count_and_restores_the_callers(tmp_path, monkeypatch):
+    import torch
+
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # configure_process sets them; undone after the test
+        monkeypatch.setenv(name, "1")
+    before = torch.get_num_threads()
+    one = SweepSpec(scenarios=("matrix_drift",), tiers=("smoke",), algos=("none",), seeds=(0,))
+    report = run_sweep(plan(one, tmp_path), tmp_path, InlineExecutor(threads=before + 1))
+    assert [o.status for o in report.outcomes] == [DONE]
+    (record,) = records(tmp_path).values()
+    assert record["provenance"]["torch_threads"] == before + 1
+    assert torch.get_num_threads() == before
