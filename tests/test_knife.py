@@ -2,12 +2,10 @@
 bitwise still, active neurons learning, stagnation falling, the cap, the growth record, and a
 checkpoint round trip (DESIGN.md §7)."""
 
-import copy
-
 import pytest
 import torch
 from ctmarl_baselines.methods.growth import draw_composite
-from method_harness import INFO, build_with, outputs, train
+from method_harness import INFO, assert_restores_exactly, build_with, outputs, train
 
 from ctmarl import neurons
 from ctmarl.errors import ConfigError
@@ -215,23 +213,7 @@ def test_checkpoint_round_trip(name):
     train(learner, method, 5)
     replace_in_every_group(method, learner)
     train(learner, method, 3)
-    method_state = copy.deepcopy(method.state_dict())
-    learner_state = copy.deepcopy(learner.state_dict())
-    optimizer_state = copy.deepcopy(learner.optimizer.state_dict())
-
-    fresh, fresh_method = build(name, seed=1)
-    fresh_method.load_state_dict(method_state)
-    fresh.load_state_dict(learner_state)
-    fresh.optimizer.load_state_dict(optimizer_state)
-    batch = random_episodes(INFO, 8, seed=12)
-    for a, b in zip(outputs(learner, batch), outputs(fresh, batch)):
-        assert torch.equal(a, b)
-    fresh.sample_generator.set_state(learner.sample_generator.get_state())
-    train(learner, method, 3)
-    train(fresh, fresh_method, 3)
-    for (key, a), b in zip(learner.state_dict().items(), fresh.state_dict().values()):
-        assert torch.equal(a, b), key
-    assert fresh_method.summary() == method.summary()
+    _, fresh_method = assert_restores_exactly(learner, method, lambda: build(name, seed=1))
     assert fresh_method.detect() == method.detect()
 
 
