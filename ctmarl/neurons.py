@@ -56,8 +56,10 @@ def update_ratios(
     weight: torch.Tensor, bias: torch.Tensor | None, weight_grad: torch.Tensor, bias_grad: torch.Tensor | None
 ) -> torch.Tensor:
     """Raw r_i = ‖∂L/∂[W_i, b_i]‖₂ / (‖[W_i, b_i]‖₂ + 1e-8): [H]."""
-    grad_norm = incoming_rows(weight_grad, bias_grad).norm(dim=1)
-    return grad_norm / (incoming_rows(weight, bias).norm(dim=1) + RATIO_EPS)
+    # torch.linalg.vector_norm is what Tensor.norm(dim=1) calls, without its Python dispatch:
+    # this runs after every backward pass of a KNIFE run.
+    grad_norm = torch.linalg.vector_norm(incoming_rows(weight_grad, bias_grad), dim=1)
+    return grad_norm / (torch.linalg.vector_norm(incoming_rows(weight, bias), dim=1) + RATIO_EPS)
 
 
 def stagnant_scores(ratio_ema: torch.Tensor, frozen: torch.Tensor | None = None) -> torch.Tensor:

@@ -253,6 +253,21 @@ def test_group_patterns_select_groups():
         g.name for g in learner.neuron_groups() if g.name.startswith("mixer.attention.")]
 
 
+def test_selected_groups_follow_growth():
+    """The matched groups are cached for the per-update tracker; after a replacement they must
+    read the grown parameters, not the ones the growth swapped out."""
+    learner, method = build("qmix")
+    before = method.selected_groups()
+    assert method.selected_groups() is before  # matched once
+    replace_in_every_group(method, learner)
+    after = method.selected_groups()
+    current = learner.neuron_groups()
+    assert [g.name for g in after] == [g.name for g in current]
+    for cached, live in zip(after, current, strict=True):
+        assert cached.incoming.weight is live.incoming.weight and cached.width == live.width
+        assert all(c.weight is d.weight for c, d in zip(cached.consumers, live.consumers, strict=True))
+
+
 def test_draws_are_seeded():
     learner, _ = build("qmix")
     group = learner.neuron_groups()[0]

@@ -115,6 +115,10 @@ class Knife(Method):
         #: One entry per (detection, group) that replaced neurons: group, neurons (indices at that
         #: time, ascending), task, update. Replaying them rebuilds the grown structure.
         self.events: list[dict[str, Any]] = []
+        #: The selected groups, matched once (the tracker reads them after every backward pass).
+        #: Groups address modules and read their parameters when asked, so they see growth; the
+        #: cache is still dropped after each growth and on attach.
+        self._selected: list[NeuronGroup] | None = None
 
     # --- hooks -------------------------------------------------------------------------------
     def attach(self, learner: Learner, context: MethodContext) -> None:
@@ -129,6 +133,7 @@ class Knife(Method):
                 raise ConfigError(f"knife: groups: {pattern!r} matches no neuron group; "
                                   f"groups: {', '.join(names)}")
         self.generator.manual_seed((context.seed + KNIFE_SEED_OFFSET) % (2**63))
+        self._selected = None
         self.parameters_initial = parameter_count(learner.optimizer)
 
     def after_backward(self) -> None:
@@ -147,8 +152,10 @@ class Knife(Method):
 
     # --- detection and replacement ------------------------------------------------------------
     def selected_groups(self) -> list[NeuronGroup]:
-        return [group for group in self.learner.neuron_groups()
-                if any(fnmatch.fnmatchcase(group.name, p) for p in self.config.groups)]
+        if self._selected is None:
+            self._selected = [group for group in self.learner.neuron_groups()
+                              if any(fnmatch.fnmatchcase(group.name, p) for p in self.config.groups)]
+        return self._selected
 
     def cap(self, group: NeuronGroup) -> int:
         return math.floor(self.config.max_replaced_fraction * int(group.trainable.sum()))
@@ -197,6 +204,7 @@ class Knife(Method):
                               f"neurons, the online one {online.width}")
         grow_group(online, composite, self.learner.optimizer)
         grow_group(target, composite)
+        self._selected = None
         self.masks.refresh(self.learner.neuron_groups())
 
     @staticmethod
