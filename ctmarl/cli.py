@@ -291,9 +291,10 @@ def validate_method_command(method, method_config, learners, updates_per_task) -
 
 def _print_summary(record: dict, path: Path | None) -> None:
     m, timing = record["metrics"], record["timing"]
-    click.echo(f"{'task':<14} {'final score':>11} {'AUC':>7}")
+    width = max([14, *(len(name) for name in record["tasks"])])
+    click.echo(f"{'task':<{width}} {'final score':>11} {'AUC':>7}")
     for name, final, auc in zip(record["tasks"], m["final_score_per_task"], m["auc_per_task"]):
-        click.echo(f"{name:<14} {final:>11.3f} {auc:>7.3f}")
+        click.echo(f"{name:<{width}} {final:>11.3f} {auc:>7.3f}")
     forgetting = "n/a" if m["forgetting"] is None else f"{m['forgetting']:.3f}"
     click.echo(f"performance {m['performance']:.3f}  AUC {m['auc']:.3f}  forgetting {forgetting}")
     click.echo(f"{timing['env_steps']} env steps, {timing['updates']} updates in {timing['wall_time_s']:.1f}s "

@@ -109,9 +109,23 @@ def prepare(spec: RunSpec, out: Path | None, *, resume: bool = False,
 def checkpoint_path(spec: RunSpec, out: Path) -> Path:
     """Where run ``spec`` with output folder ``out`` keeps its checkpoint: ``<record stem>.ckpt``."""
     scenario = make_scenario(spec.scenario)
+    overrides = None if spec.method_config is None else load_method_config(spec.method_config)
+    method = make_method(spec.algo, overrides, where=spec.method_config or "method config")
     names = {"scenario": {"name": scenario.name, "version": scenario.version, "tier": spec.tier},
-             "learner": {"name": spec.learner}, "method": {"name": spec.algo}, "seed": spec.seed}
+             "learner": {"name": spec.learner}, "method": method_block(spec.algo, method), "seed": spec.seed}
     return checkpoint_file(Path(out) / record_filename(names))
+
+
+def method_block(algo: str, method) -> dict[str, Any]:
+    """The record's ``method`` block. A config other than the method's shipped defaults (a
+    ``--method-config`` that changes something) adds ``variant``, the first 8 hex digits of the
+    config's hash: the record's file name carries it, so a variant never overwrites the default
+    run's record (or another variant's) in the same folder."""
+    config = to_plain(method.config)
+    block = {"name": algo, "entry_point": METHODS.entry_point(algo), "config": config}
+    if config != to_plain(make_method(algo).config):
+        block["variant"] = stable_hash(config)[:8]
+    return block
 
 
 def _prepare_checkpoints(prepared: PreparedRun, resume: bool, checkpoint_every: int | None) -> None:
@@ -221,8 +235,7 @@ def run_identity(spec: RunSpec, scenario, learner, method) -> dict[str, Any]:
         },
         "learner": {"name": spec.learner, "entry_point": LEARNERS.entry_point(spec.learner),
                     "config": to_plain(learner.config)},
-        "method": {"name": spec.algo, "entry_point": METHODS.entry_point(spec.algo),
-                   "config": to_plain(method.config)},
+        "method": method_block(spec.algo, method),
         "seed": spec.seed,
     }
 

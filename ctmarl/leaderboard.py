@@ -20,7 +20,8 @@ or the build fails naming the file (nothing is skipped silently; any other file 
   live in a fork; a clean, named commit is what makes the run re-creatable;
 - its scenario is a standard scenario (``name-vN`` in the registry), with the same definition
   hash as the current definition, and its learner is the registered one with exactly the
-  hyperparameters the scenario's tier prescribes: no entry is scored on a private variant.
+  hyperparameters the scenario's tier prescribes, and its method ran with its shipped defaults
+  (no ``method.variant``): no entry is scored on a private variant.
 No two records may be the same run (same scenario, version, tier, learner, method and seed), and
 all records of one entry must share the method's entry point and config: to compare configs,
 register the variant under its own method name.
@@ -151,7 +152,8 @@ def check_provenance(record: Mapping[str, Any], where: str) -> None:
 
 
 def check_standard_config(record: Mapping[str, Any], where: str) -> None:
-    """The record's scenario and learner are the standard ones, unmodified."""
+    """The record's scenario and learner are the standard ones, unmodified, and its method ran
+    with its shipped defaults (no ``variant``)."""
     from ctmarl.registry import LEARNERS
     from ctmarl.scenario import make_scenario
 
@@ -166,6 +168,11 @@ def check_standard_config(record: Mapping[str, Any], where: str) -> None:
                           f"standard one in {scenario.source} (definition_hash differs)")
     if s["tier"] not in TIER_NAMES:
         raise RecordError(f"{where}: unknown tier {s['tier']!r}; known: {', '.join(TIER_NAMES)}")
+    method = record["method"]
+    if method.get("variant"):
+        raise RecordError(f"{where}: method {method['name']!r} ran with a config other than its shipped "
+                          f"defaults (variant {method['variant']}); to rank a variant, register it under "
+                          "its own method name with those defaults")
     learner = record["learner"]
     try:
         entry_point = LEARNERS.entry_point(learner["name"])

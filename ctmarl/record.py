@@ -94,9 +94,12 @@ def seal(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def record_filename(record: Mapping[str, Any]) -> str:
-    s = record["scenario"]
+    """``<scenario>-v<version>_<tier>_<learner>_<method>[-<variant>]_seed<seed>.yaml``; the
+    method's ``variant`` (a hash of a non-default method config) keeps variants apart."""
+    s, method = record["scenario"], record["method"]
+    variant = f"-{_safe(str(method['variant']))}" if method.get("variant") else ""
     return (f"{s['name']}-v{s['version']}_{s['tier']}_{record['learner']['name']}_"
-            f"{_safe(record['method']['name'])}_seed{record['seed']}.yaml")
+            f"{_safe(method['name'])}{variant}_seed{record['seed']}.yaml")
 
 
 def _safe(name: str) -> str:

@@ -217,6 +217,7 @@ def _set(*keys):
      "learner config differs from what matrix_drift-v1 smoke prescribes \\(lr\\)"),
     (_set("scenario", "definition_hash", "0" * 64), "run from a different definition than the standard one"),
     (_set("scenario", "version", 7), "scenario matrix_drift-v7 is not a standard scenario"),
+    (_set("method", "variant", "0123abcd"), "method 'reset' ran with a config other than its shipped defaults"),
 ])
 def test_records_breaking_a_rule_are_rejected_by_name(root, change, message):
     path = _rewrite(next((root / "records").glob("*_reset_seed0.yaml")), change)

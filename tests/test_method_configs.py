@@ -2,6 +2,7 @@
 through ``make_method`` and ``ctmarl evaluate --method-config``."""
 
 import dataclasses
+import re
 import textwrap
 
 import pytest
@@ -98,6 +99,27 @@ def test_method_config_option_overrides_and_records_the_resolved_config(tmp_path
     assert record["method_summary"]["neurons_recycled_total"] >= 0
     mixer = {"mixer.hyper_w1.0", "mixer.hyper_w_final.0", "mixer.V.0"}
     assert set(record["method_summary"]["neurons_recycled"]) <= mixer
+
+
+def test_a_config_variant_gets_its_own_record_beside_the_default_run(tmp_path):
+    out = str(tmp_path / "runs")
+    assert evaluate("--algo", "redo", "--out", out).exit_code == 0
+    (default,) = (tmp_path / "runs").glob("*.yaml")
+    restated = tmp_path / "restated.yaml"  # the shipped defaults, restated: the same run
+    restated.write_text(f"every_updates: {make_method('redo').config.every_updates}\n")
+    overrides = tmp_path / "redo.yaml"
+    overrides.write_text("every_updates: 16\n")
+    for path in (restated, overrides, overrides):  # the variant twice: it rewrites its own record
+        result = evaluate("--algo", "redo", "--method-config", str(path), "--out", out)
+        assert result.exit_code == 0, result.output
+    default_text = default.read_text()
+    names = sorted(p.name for p in (tmp_path / "runs").glob("*.yaml"))
+    (variant,) = [n for n in names if n != default.name]
+    assert default.name == "matrix_drift-v1_smoke_qmix_redo_seed0.yaml"
+    assert re.fullmatch(r"matrix_drift-v1_smoke_qmix_redo-[0-9a-f]{8}_seed0\.yaml", variant), variant
+    assert load_record(default)["method"].get("variant") is None and default.read_text() == default_text
+    record = load_record(tmp_path / "runs" / variant)
+    assert record["method"]["config"]["every_updates"] == 16 and variant.endswith(f"{record['method']['variant']}_seed0.yaml")
 
 
 def test_method_config_option_rejects_unknown_keys_naming_file_and_key(tmp_path):
