@@ -4,6 +4,7 @@ after-the-loop products both matter."""
 
 import pytest
 import torch
+from ctmarl_baselines import gru as gru_module
 from ctmarl_baselines.gru import GRUSequence, gru_sequence
 
 
@@ -23,8 +24,17 @@ def _reference(gru, x, h0):
     return out.transpose(0, 1)
 
 
+@pytest.fixture(params=[None, 6, 32], ids=["one-chunk", "chunk-rows-6", "chunk-rows-32"])
+def chunk_rows(request, monkeypatch):
+    """The default chunk (every sequence here fits in one), and small ones that split the steps
+    into several chunks, the first in time shorter when they do not divide evenly."""
+    if request.param is not None:
+        monkeypatch.setattr(gru_module, "CHUNK_ROWS", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("steps,batch", [(1, 3), (7, 2), (30, 16)])
-def test_values_and_all_gradients_equal_nn_gru(steps, batch):
+def test_values_and_all_gradients_equal_nn_gru(steps, batch, chunk_rows):
     gru, x, h0 = _case(steps, batch)
     upstream = torch.randn(steps, batch, gru.hidden_size)
     inputs = [x, h0, *gru.parameters()]
@@ -40,13 +50,28 @@ def test_values_and_all_gradients_equal_nn_gru(steps, batch):
         assert torch.allclose(a, b, atol=1e-5), (name, (a - b).abs().max().item())
 
 
-def test_gradcheck_in_double_precision():
+def test_gradcheck_in_double_precision(chunk_rows):
     gru, x, h0 = _case(4, 3)
     gru = gru.double()
     args = (x.detach().double().requires_grad_(), h0.detach().double().requires_grad_(),
             *(p.detach().clone().requires_grad_() for p in gru.parameters()))
     # nn.GRU's parameter order is weight_ih, weight_hh, bias_ih, bias_hh: GRUSequence's own.
     assert torch.autograd.gradcheck(GRUSequence.apply, args, eps=1e-6, atol=1e-6)
+
+
+def test_chunks_change_nothing_but_float_rounding(monkeypatch):
+    gru, x, h0 = _case(30, 16)
+    upstream = torch.randn(30, 16, gru.hidden_size)
+    inputs = [x, h0, *gru.parameters()]
+
+    def run():
+        out = gru_sequence(x, h0, gru)
+        return [out, *torch.autograd.grad((out * upstream).sum(), inputs)]
+
+    whole = run()
+    monkeypatch.setattr(gru_module, "CHUNK_ROWS", 16 * 7)  # 7 steps a chunk: 2 + 7 + 7 + 7 + 7
+    for a, b in zip(whole, run(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
 
 
 def test_no_grad_path_gives_the_same_states_and_records_nothing():
