@@ -114,8 +114,10 @@ class GRUSequence(torch.autograd.Function):
         dh, dn, tmp = (hs.new_empty(batch, h_dim) for _ in range(3))
         drz, sig = hs.new_empty(batch, two_h), hs.new_empty(batch, two_h)
         dx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
-        dw_ih, dw_hh = torch.empty_like(w_ih), torch.empty_like(w_hh)
-        db_ih, db_hh = w_ih.new_empty(3 * h_dim), w_hh.new_empty(3 * h_dim)
+        # Sums over the chunks, so zeros to start: adding a product to zero is exact, and one chunk
+        # (a short sequence) gives the very products of a single pass.
+        dw_ih, dw_hh = torch.zeros_like(w_ih), torch.zeros_like(w_hh)
+        db_ih, db_hh = w_ih.new_zeros(3 * h_dim), w_hh.new_zeros(3 * h_dim)
         dh.copy_(dhs[-1])
         last_start = (steps - 1) // chunk * chunk
         for start in range(last_start, -1, -chunk):
@@ -137,14 +139,13 @@ class GRUSequence(torch.autograd.Function):
                 dh.addmm_(dgh, w_hh)
             # The chunk's share of the parameter and input gradients, while its gate gradients
             # are in cache. dL/dg_i = [dgh[r,z], dn_pre]: two column blocks, not concatenated.
-            _chunk_gradients(start, stop, steps, x, h0, hs, w_ih, dgh_buf, dn_buf, dx, dw_ih, dw_hh, db_ih, db_hh)
+            _chunk_gradients(start, stop, x, h0, hs, w_ih, dgh_buf, dn_buf, dx, dw_ih, dw_hh, db_ih, db_hh)
         return dx, dh, dw_ih, dw_hh, db_ih, db_hh
 
 
-def _chunk_gradients(start, stop, steps, x, h0, hs, w_ih, dgh_buf, dn_buf, dx, dw_ih, dw_hh, db_ih, db_hh):
-    """Add time steps [start, stop)'s contributions to dx (written), dW_ih, dW_hh, db_ih, db_hh.
-    The chunk that ends the sequence comes first and writes the sums; earlier chunks add to them,
-    so one chunk (a short sequence) gives the same products as one pass over all steps."""
+def _chunk_gradients(start, stop, x, h0, hs, w_ih, dgh_buf, dn_buf, dx, dw_ih, dw_hh, db_ih, db_hh):
+    """Write time steps [start, stop)'s rows of dx and add their contributions to dW_ih, dW_hh,
+    db_ih and db_hh."""
     batch, h_dim = hs.shape[1], hs.shape[2]
     two_h = 2 * h_dim
     rows = (stop - start) * batch
@@ -153,30 +154,17 @@ def _chunk_gradients(start, stop, steps, x, h0, hs, w_ih, dgh_buf, dn_buf, dx, d
     flat_x = x[start:stop].reshape(rows, -1)
     if dx is not None:
         torch.addmm(dgi_n @ w_ih[two_h:], dgi_rz, w_ih[:two_h], out=dx[start:stop].view(rows, -1))
-    first = stop == steps
-    # h_{t-1} for the chunk's steps: h0 for step 0, else the stored states.
-    if start == 0:
-        parts = [(dgh_buf[0], h0), (dgh[batch:], hs[: stop - 1].reshape(-1, h_dim))]
-    else:
-        parts = [(dgh, hs[start - 1: stop - 1].reshape(rows, h_dim))]
-    if first:
-        torch.mm(dgi_rz.t(), flat_x, out=dw_ih[:two_h])
-        torch.mm(dgi_n.t(), flat_x, out=dw_ih[two_h:])
-        torch.sum(dgi_rz, 0, out=db_ih[:two_h])
-        torch.sum(dgi_n, 0, out=db_ih[two_h:])
-        torch.sum(dgh, 0, out=db_hh)
-        if start == 0:
-            torch.addmm(parts[0][0].t() @ parts[0][1], parts[1][0].t(), parts[1][1], out=dw_hh)
-        else:
-            torch.mm(parts[0][0].t(), parts[0][1], out=dw_hh)
-        return
     dw_ih[:two_h].addmm_(dgi_rz.t(), flat_x)
     dw_ih[two_h:].addmm_(dgi_n.t(), flat_x)
     db_ih[:two_h].add_(dgi_rz.sum(0))
     db_ih[two_h:].add_(dgi_n.sum(0))
     db_hh.add_(dgh.sum(0))
-    for grad, prev in parts:
-        dw_hh.addmm_(grad.t(), prev)
+    # h_{t-1} of the chunk's steps: h0 for step 0, the stored states otherwise.
+    if start == 0:
+        dw_hh.addmm_(dgh_buf[0].t(), h0)
+        dw_hh.addmm_(dgh[batch:].t(), hs[: stop - 1].reshape(-1, h_dim))
+    else:
+        dw_hh.addmm_(dgh.t(), hs[start - 1: stop - 1].reshape(rows, h_dim))
 
 
 def gru_sequence(x: torch.Tensor, h0: torch.Tensor, gru: nn.GRU) -> torch.Tensor:

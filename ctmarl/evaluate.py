@@ -90,8 +90,7 @@ def prepare(spec: RunSpec, out: Path | None, *, resume: bool = False,
     scenario = make_scenario(spec.scenario)
     tier = scenario.tier(spec.tier)
     device = resolve_device(spec.device)
-    overrides = None if spec.method_config is None else load_method_config(spec.method_config)
-    method = make_method(spec.algo, overrides, where=spec.method_config or "method config")
+    method = _make_method(spec)
     if out is not None:
         ensure_writable(out)
     torch.manual_seed(spec.seed)
@@ -109,11 +108,16 @@ def prepare(spec: RunSpec, out: Path | None, *, resume: bool = False,
 def checkpoint_path(spec: RunSpec, out: Path) -> Path:
     """Where run ``spec`` with output folder ``out`` keeps its checkpoint: ``<record stem>.ckpt``."""
     scenario = make_scenario(spec.scenario)
-    overrides = None if spec.method_config is None else load_method_config(spec.method_config)
-    method = make_method(spec.algo, overrides, where=spec.method_config or "method config")
+    method = _make_method(spec)
     names = {"scenario": {"name": scenario.name, "version": scenario.version, "tier": spec.tier},
              "learner": {"name": spec.learner}, "method": method_block(spec.algo, method), "seed": spec.seed}
     return checkpoint_file(Path(out) / record_filename(names))
+
+
+def _make_method(spec: RunSpec):
+    """Method ``spec.algo`` with its shipped defaults and ``spec.method_config``'s overrides."""
+    overrides = None if spec.method_config is None else load_method_config(spec.method_config)
+    return make_method(spec.algo, overrides, where=spec.method_config or "method config")
 
 
 def method_block(algo: str, method) -> dict[str, Any]:
