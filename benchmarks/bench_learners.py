@@ -66,17 +66,23 @@ def cases() -> Iterator[tuple[str, str, EnvInfo, dict[str, Any]]]:
     yield "predator_prey_penalty", "pymarl2", info, {"batch_size": 128, "td_lambda": 0.5}
 
 
-def updates_per_second(learner, loop: bool, updates: int, warmup: int, repeats: int) -> float:
+def best_rate(step, updates: int, warmup: int, repeats: int) -> float:
+    """Calls of ``step`` per second: ``updates`` calls timed after ``warmup`` untimed ones, best of
+    ``repeats``."""
+    for _ in range(warmup):
+        step()
     best = float("inf")
-    with loop_path(learner) if loop else nullcontext():
-        for _ in range(warmup):
-            learner.update()
-        for _ in range(repeats):
-            started = time.perf_counter()
-            for _ in range(updates):
-                learner.update()
-            best = min(best, time.perf_counter() - started)
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(updates):
+            step()
+        best = min(best, time.perf_counter() - started)
     return updates / best
+
+
+def updates_per_second(learner, loop: bool, updates: int, warmup: int, repeats: int) -> float:
+    with loop_path(learner) if loop else nullcontext():
+        return best_rate(learner.update, updates, warmup, repeats)
 
 
 #: Matrix-product ops and the positions of their two factors among the op's inputs.
@@ -113,14 +119,7 @@ def matmul_only_per_second(products, updates: int, repeats: int) -> float:
         for a, b, out in calls:
             (torch.mm if a.dim() == 2 else torch.bmm)(a, b, out=out)
 
-    replay()
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for _ in range(updates):
-            replay()
-        best = min(best, time.perf_counter() - started)
-    return updates / best
+    return best_rate(replay, updates, 1, repeats)
 
 
 def main() -> None:
