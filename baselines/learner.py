@@ -26,8 +26,9 @@ from ctmarl_baselines.replay import EpisodeReplay
 from torch import nn
 from torch.nn import functional as F
 
+from ctmarl.config import check_range
 from ctmarl.envs.base import EnvInfo
-from ctmarl.errors import ConfigError
+from ctmarl.errors import ConfigError, shorten
 from ctmarl.learner import EpisodeBatch, NeuronGroup
 
 OPTIMIZERS = ("adam", "rmsprop")
@@ -65,20 +66,27 @@ class LearnerConfig:
     """Width of the agent's hidden layer and GRU."""
 
     def __post_init__(self) -> None:
+        """Ranges of every field (see :data:`RANGES`); ``from_mapping`` names the file and key."""
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer: must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        for name in ("batch_size", "buffer_episodes", "updates_per_collect", "agent_hidden_dim",
-                     "target_update_interval_episodes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+            raise ValueError(f"optimizer: must be one of {', '.join(OPTIMIZERS)}, got {shorten(repr(self.optimizer))}")
+        for name, (low, high) in RANGES.items():
+            check_range(self, name, low, high, low_open=name in ("lr", "grad_clip_norm"))
         if self.buffer_episodes < self.batch_size:
             raise ValueError(f"buffer_episodes ({self.buffer_episodes}) must be >= batch_size ({self.batch_size})")
-        if not 0.0 <= self.td_lambda <= 1.0:
-            raise ValueError(f"td_lambda: must be in [0, 1], got {self.td_lambda}")
-        if not 0.0 <= self.gamma <= 1.0:
-            raise ValueError(f"gamma: must be in [0, 1], got {self.gamma}")
-        if self.epsilon_anneal_steps < 0:
-            raise ValueError(f"epsilon_anneal_steps: must be >= 0, got {self.epsilon_anneal_steps}")
+
+
+#: Allowed range of each numeric field of :class:`LearnerConfig` (``lr`` and ``grad_clip_norm``
+#: exclude 0). Widths up to 4096 are 64x PyMARL's; a replay of 10^6 episodes, a batch of 65536
+#: and 1000 updates per collection are each far beyond any published setting; the scenario
+#: also bounds the replay's float32 values per tier (ctmarl.scenario.MAX_BATCH_VALUES).
+RANGES = {
+    "gamma": (0.0, 1.0), "lr": (0.0, 10.0), "batch_size": (1, 65536), "buffer_episodes": (1, 10**6),
+    "updates_per_collect": (1, 1000), "target_update_interval_episodes": (1, 10**9),
+    "grad_clip_norm": (0.0, 1e6), "td_lambda": (0.0, 1.0), "epsilon_start": (0.0, 1.0),
+    "epsilon_finish": (0.0, 1.0), "epsilon_anneal_steps": (0, 10**12), "agent_hidden_dim": (1, 4096),
+}
+#: Range of a mixer's layer widths (the learners' own config fields).
+MAX_WIDTH = 4096
 
 
 def td_lambda_targets(
@@ -188,12 +196,23 @@ class ValueFactorisationLearner(nn.Module):
         q = agent.unroll(inputs.view(t1, b * n, -1), self.initial_hidden(b)[0])
         return q.view(t1, b, n, -1).transpose(0, 1)
 
+    def mixed(self, q: torch.Tensor, batch: EpisodeBatch) -> torch.Tensor:
+        """Q_tot(s_t, a_t) [B, T] of the online mixer from the online Q-values [B, T(+1), N, A]."""
+        steps = batch.actions.shape[1]
+        chosen = q[:, :steps].gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)
+        max_q = masked_max(q[:, :steps].detach(), batch.avail_actions[:, :steps])
+        return self.mixer(chosen, batch.state[:, :steps], batch.actions, max_q)
+
+    def probe_outputs(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The online agents' Q-values [B, T, N, A] and Q_tot of the taken actions [B, T], with
+        gradients (what the plasticity probe, ctmarl.probe, fits)."""
+        q = self.unroll(self.agent, batch)
+        return q[:, :-1], self.mixed(q, batch)
+
     def loss(self, batch: EpisodeBatch) -> torch.Tensor:
         c = self.config
         q = self.unroll(self.agent, batch)
-        chosen = q[:, :-1].gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)
-        max_q = masked_max(q[:, :-1].detach(), batch.avail_actions[:, :-1])
-        q_tot = self.mixer(chosen, batch.state[:, :-1], batch.actions, max_q)
+        q_tot = self.mixed(q, batch)
         with torch.no_grad():
             target_q = self.unroll(self.target_agent, batch)[:, 1:]
             avail_next = batch.avail_actions[:, 1:]

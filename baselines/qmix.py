@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ctmarl_baselines.learner import LearnerConfig, ValueFactorisationLearner
+from ctmarl.config import check_range
+from ctmarl_baselines.learner import MAX_WIDTH, LearnerConfig, ValueFactorisationLearner
 from ctmarl_baselines.networks import QMixer
 
 
@@ -16,6 +17,11 @@ class QMIXConfig(LearnerConfig):
     """Width of the mixer's hidden (embedding) layer."""
     hypernet_hidden_dim: int = 64
     """Width of the hidden layer of the 2-layer hypernetworks."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("mixing_embed_dim", "hypernet_hidden_dim"):
+            check_range(self, name, 1, MAX_WIDTH)
 
 
 class QMIXLearner(ValueFactorisationLearner):

@@ -38,7 +38,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ctmarl.learner import Consumer, NeuronGroup
-from ctmarl_baselines.learner import LearnerConfig, ValueFactorisationLearner
+from ctmarl.config import check_range
+from ctmarl_baselines.learner import MAX_WIDTH, LearnerConfig, ValueFactorisationLearner
 from ctmarl_baselines.networks import hypernet, sequential_group
 
 
@@ -67,9 +68,11 @@ class QPLEXConfig(LearnerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("hypernet_embed_dim", "num_kernels", "adv_hypernet_layers", "adv_hypernet_embed_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        # Kernels and λ-extractor depth beyond 64 and 8 are far past PyMARL2's 4 and 2 (and each
+        # kernel multiplies the λ layers' width).
+        for name, high in (("hypernet_embed_dim", MAX_WIDTH), ("num_kernels", 64), ("adv_hypernet_layers", 8),
+                           ("adv_hypernet_embed_dim", MAX_WIDTH)):
+            check_range(self, name, 1, high)
 
 
 class BlockDiagonalLinear(nn.Linear):

@@ -15,7 +15,8 @@ Sections (``--sections``, in this order):
 ``methods``    wall time of every registered method against ``none`` on matrix_drift's quick tier
                and predator_prey_penalty's quick tier cut to two tasks of 50 000 env steps
                (neuron metrics off, so only the method's own cost is timed)
-``tiers``      wall time of each scenario's whole quick tier (QMIX, ``none``, default settings)
+``tiers``      wall time of each scenario's whole quick tier (QMIX, ``none``, default settings;
+               ``matrix_drift_long``'s 100 tasks are meant to take at most 10 minutes on 2 cores)
 ``pymarl2``    the throughput target: QMIX on predator_prey_penalty's standard world (10x10, 8 agents,
                8 prey, 200-step episodes) with PyMARL2's settings (8 envs, batch 128 episodes, one
                update per 8 episodes collected, replay 1000, lr 1e-3, TD(λ 0.5), greedy tests of 16
@@ -127,8 +128,12 @@ def trimmed_scenario(name: str, folder: Path, tasks: int | None = None, tier: st
     ``env_steps_per_task`` and ``tier_changes`` applied, ``protocol`` keys replaced."""
     source = Path(make_scenario(name).source)
     data = yaml.safe_load(source.read_text())
-    if tasks is not None:
-        data["tasks"] = data["tasks"][:tasks]
+    if tasks is not None:  # the first tasks of the list, and one visit of it
+        if "task_generator" in data:
+            data["task_generator"]["count"] = min(tasks, data["task_generator"]["count"])
+        else:
+            data["tasks"] = data["tasks"][:tasks]
+        data["protocol"].pop("repeat", None)
     if tier is not None:
         spec = data["tiers"][tier]
         if env_steps_per_task is not None:

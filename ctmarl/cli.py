@@ -3,22 +3,55 @@
 Every user error (unknown name, bad YAML, unwritable output) is one ``error: ...`` line on stderr
 and exit status 2; nothing half-written is left behind. Ctrl-C exits with status 130 (after
 ``evaluate`` wrote a checkpoint to resume from).
+
+One guard covers every command: an exception that is not a :class:`~ctmarl.errors.CtmarlError`
+(a bug, or input no check caught) is also one line, ``error: internal error (<type>): <message>;
+traceback in <file>``, exit status 2, with the traceback written beside ``--out``
+(``<out>.ctmarl-error.log``) or, without a writable place there, to a temporary file. A command
+that fails removes the ``--out`` folders it created if they are still empty.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 
 import click
 
-from ctmarl.errors import CtmarlError, RunInterrupted
+from ctmarl.errors import CtmarlError, RunInterrupted, shorten
 from ctmarl.registry import LEARNERS, METHODS
 from ctmarl.scenario import TIER_NAMES, make_scenario, scenario_names
 from ctmarl.sweep import EXECUTORS
 
 
+#: Click's own ways of ending a command (usage errors, --help, exit codes): not ours to report.
+_CLICK_EXITS = (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort)
+
+
+class _Command(click.Command):
+    """A command that removes the ``--out`` folders it created when it fails and they are empty
+    (``evaluate`` makes its folder before the last checks of a run; a failed run leaves nothing)."""
+
+    def invoke(self, ctx: click.Context):
+        out = ctx.params.get("out")
+        created = _missing_folders(Path(out)) if out is not None else []
+        ctx.meta["ctmarl.out"] = out
+        try:
+            return super().invoke(ctx)
+        except BaseException:
+            _remove_if_empty(created)
+            raise
+
+
 class _Group(click.Group):
+    """The ``ctmarl`` group: every error of every command becomes one ``error:`` line."""
+
+    command_class = _Command
+    group_class = type  # sub-groups (leaderboard) are _Groups too, with _Commands
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -26,11 +59,63 @@ class _Group(click.Group):
             click.echo(str(exc), err=True)
             sys.exit(130)
         except CtmarlError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {shorten(exc, 2000)}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:  # a second Ctrl-C, or one outside a run's safe points
             click.echo("interrupted; checkpoints written before are kept (continue with --resume)", err=True)
             sys.exit(130)
+        except _CLICK_EXITS:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- the one place that reports what nothing else caught
+            log = _write_traceback(exc, ctx.meta.get("ctmarl.out"))
+            first_line = shorten((str(exc).strip().splitlines() or [""])[0], 200)
+            click.echo(f"error: internal error ({type(exc).__name__}): {first_line}; traceback in {log}", err=True)
+            sys.exit(2)
+
+
+def _missing_folders(out: Path) -> list[Path]:
+    """``out`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    try:
+        for folder in (out, *out.parents):
+            if folder.exists() or folder == folder.parent:
+                break
+            missing.append(folder)
+    except OSError:  # e.g. a name too long: the command reports it; there is nothing to clean up
+        return []
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove each of ``folders`` (deepest first) that exists and is empty; stop at the first that is not."""
+    for folder in folders:
+        try:
+            folder.rmdir()  # fails, as wanted, when the folder holds anything
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return
+
+
+def _write_traceback(exc: BaseException, out: Path | None) -> str:
+    """Write ``exc``'s traceback to ``<out>.ctmarl-error.log`` beside ``out`` when that is
+    writable, else to a temporary file; return the path (or why there is none)."""
+    text = "".join(traceback.format_exception(exc))
+    if out is not None:
+        path = Path(out).resolve()
+        path = path.parent / f"{path.name or 'out'}.ctmarl-error.log"
+        try:
+            path.write_text(text)
+            return str(path)
+        except OSError:
+            pass
+    try:
+        fd, name = tempfile.mkstemp(prefix="ctmarl-error-", suffix=".log")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        return name
+    except OSError as error:
+        return f"(nowhere: {error.strerror or error})"
 
 
 @click.group(cls=_Group)
@@ -45,7 +130,10 @@ def list_command() -> None:
     click.echo("scenarios:")
     for name in scenario_names():
         scenario = make_scenario(name)
-        tasks = ", ".join(t.name for t in scenario.spec.tasks)
+        listed = scenario.task_specs()
+        tasks = ", ".join(t.name for t in listed[:8]) + (f", ... ({len(listed)} tasks)" if len(listed) > 8 else "")
+        if scenario.protocol.repeat > 1:
+            tasks += f"; x{scenario.protocol.repeat}"
         click.echo(f"  {scenario.id:<28} family={scenario.spec.env.family:<14} tasks: {tasks}")
         for tier in TIER_NAMES:
             t = scenario.tier(tier)
@@ -126,7 +214,7 @@ def evaluate(algo, method_config, scenario, tier, seed, learner, sweep_file, wor
     if quiet:
         record, path = execute(prepared)
     else:
-        n_tasks = len(prepared.scenario.spec.tasks)
+        n_tasks = prepared.scenario.n_tasks
         label = f"{prepared.scenario.id} {tier} {learner}+{algo} seed {seed}"
         with click.progressbar(length=prepared.total_env_steps, label=label, file=sys.stderr,
                                item_show_func=lambda text: text, show_pos=True) as bar:
@@ -260,6 +348,75 @@ def leaderboard_check(root, reproduce) -> None:
 
     board_module.check(root, reproduce, echo=click.echo)
     click.echo("leaderboard check passed")
+
+
+@main.command("validity")
+@click.argument("scenario")
+@click.option("--tier", required=True, help=f"One of {', '.join(TIER_NAMES)}.")
+@click.option("--records", "records_dir", default="leaderboard/records", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Folder (searched with its sub-folders) of the none and reset_all records; missing ones "
+                   "are run into it.")
+@click.option("--seed", "seeds", multiple=True, type=int, default=[0, 1, 2, 3, 4], show_default=True)
+@click.option("--learner", default="qmix", show_default=True, help="Learner name (see `ctmarl list`).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Missing runs at a time (a local process pool).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch/OpenMP/MKL threads per run.")
+@click.option("--out", default="validity", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for <scenario>-v<version>_<tier>[_<learner>].yaml.")
+@click.option("--no-run", is_flag=True,
+              help="Analyse the records that exist; run nothing (and say which are missing).")
+def validity_command(scenario, tier, records_dir, seeds, learner, workers, threads, out, no_run) -> None:
+    """Evidence that SCENARIO measures plasticity loss (DESIGN.md §4.0): interference between
+    consecutive tasks, learnability from scratch, the plasticity ratio of none against reset_all
+    (and revisit AUC loss, trainability probe), and a verdict. Runs the missing none/reset_all
+    records first unless --no-run. See ctmarl/validity.py for the rules."""
+    from ctmarl import validity
+    from ctmarl.record import ensure_writable
+    from ctmarl.sweep import FAILED, INTERRUPTED, make_executor, run_sweep
+
+    spec = make_scenario(scenario)
+    if tier not in TIER_NAMES:
+        raise CtmarlError(f"unknown tier {tier!r}; known: {', '.join(TIER_NAMES)}")
+    seeds = list(dict.fromkeys(seeds))
+    ensure_writable(out)
+
+    def find():
+        return validity.find_records(records_dir, spec.name, spec.version, tier, learner, seeds)
+
+    found, notes = find()
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    missing = validity.missing_seeds(found, seeds)
+    if any(missing.values()):
+        listing = "; ".join(f"{m} seed(s) {', '.join(map(str, s))}" for m, s in missing.items() if s)
+        if no_run:
+            click.echo(f"missing (--no-run): {listing}", err=True)
+        else:
+            runs = validity.plan_missing(scenario, tier, learner, missing, records_dir)
+            runner = make_executor(None, workers, None, threads)
+            click.echo(f"running {len(runs)} missing run(s) into {records_dir}: {listing}")
+
+            def done(outcome) -> None:
+                detail = outcome.error if outcome.status in (FAILED, INTERRUPTED) else outcome.record_path
+                click.echo(f"  {outcome.status:<11} {outcome.label}  {detail}")
+
+            try:
+                report = run_sweep(runs, records_dir, runner, on_done=done)
+            except KeyboardInterrupt:
+                click.echo("interrupted: run the same command again to continue", err=True)
+                sys.exit(130)
+            if not report.ok:
+                raise CtmarlError(f"{len(report.failed)} run(s) failed: " + "; ".join(
+                    f"{o.label}: {o.error}" for o in report.failed))
+            found, _ = find()
+    if not any(found.values()):
+        raise CtmarlError(f"no {validity.NONE_METHOD} or {validity.SCRATCH_METHOD} records of {spec.id} {tier} "
+                          f"{learner} for seed(s) {', '.join(map(str, seeds))} in {records_dir}")
+    result = validity.analyse(list(found["none"].values()), list(found["reset_all"].values()))
+    path = validity.write(result, out)
+    click.echo(validity.render(result))
+    click.echo(f"wrote {path}")
 
 
 @main.command("validate-method")

@@ -33,3 +33,12 @@ class NonFiniteLossError(CtmarlError):
 
 class RunInterrupted(CtmarlError):
     """The user interrupted a run (Ctrl-C); a checkpoint was written if the run had a place for one."""
+
+
+def shorten(text: object, limit: int = 80) -> str:
+    """``text`` (or its ``str``) cut to ``limit`` characters, ending in "..." when cut.
+
+    Error messages echo names and values from user input (an ``env.family``, a key, a string
+    value); a 10^6-character one must not become a 10^6-character error line."""
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -74,7 +74,7 @@ class PreparedRun:
 
     @property
     def total_env_steps(self) -> int:
-        return self.scenario.tier(self.spec.tier).env_steps_per_task * len(self.scenario.spec.tasks)
+        return self.scenario.tier(self.spec.tier).env_steps_per_task * self.scenario.n_tasks
 
 
 def prepare(spec: RunSpec, out: Path | None, *, resume: bool = False,
@@ -232,7 +232,7 @@ def run_identity(spec: RunSpec, scenario, learner, method) -> dict[str, Any]:
             "name": scenario.name,
             "version": scenario.version,
             "tier": spec.tier,
-            "definition_hash": stable_hash(scenario.spec),
+            "definition_hash": scenario.definition_hash,
             "env_family": scenario.spec.env.family,
             "score": family.score_meaning,
             "notes": notes,
@@ -260,11 +260,14 @@ def build_record(spec: RunSpec, scenario, learner, method, result: RunResult) ->
             "updates": result.updates,
         },
         "tasks": result.task_names,
+        "task_definition": result.task_definition,
         "curves": rounded(result.curves),
         "R": rounded(result.R),
         "R_return": rounded(result.R_return),
         "metrics": rounded({**result.summary(), "q_tot_mse_per_task": result.q_tot_mse or None}),
         "neurons": rounded(result.neurons),
+        # Trainability at each task end (ctmarl.probe): a measurement, never part of config_hash.
+        "plasticity_probe": rounded(result.plasticity_probe),
         # What the method did (not part of config_hash: it is an outcome, not a setting).
         "method_summary": rounded(method.summary()),
         "content_hash": None,

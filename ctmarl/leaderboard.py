@@ -64,7 +64,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from ctmarl import stats
+from ctmarl import stats, validity
 from ctmarl.config import from_mapping, stable_hash, to_plain
 from ctmarl.errors import CtmarlError, RecordError
 from ctmarl.record import load_record, record_filename, write_text_atomic
@@ -163,7 +163,7 @@ def check_standard_config(record: Mapping[str, Any], where: str) -> None:
         scenario = make_scenario(scenario_id)
     except CtmarlError as exc:
         raise RecordError(f"{where}: scenario {scenario_id} is not a standard scenario ({exc})") from None
-    if s["definition_hash"] != stable_hash(scenario.spec):
+    if s["definition_hash"] != scenario.definition_hash:
         raise RecordError(f"{where}: scenario {scenario_id} was run from a different definition than the "
                           f"standard one in {scenario.source} (definition_hash differs)")
     if s["tier"] not in TIER_NAMES:
@@ -312,6 +312,8 @@ class Board:
     tier: str
     learner: str
     entries: list[dict[str, Any]] = field(default_factory=list)
+    validity: dict[str, str] | None = None
+    """``ctmarl validity``'s {verdict, reason} for this table (:func:`board_validity`), or None."""
 
     @property
     def title(self) -> str:
@@ -342,7 +344,12 @@ class Leaderboard:
                 "probability_of_improvement_over_none": (
                     f"mean over tasks of P(AUC_k of a run of this method > AUC_k of a run of {BASELINE_METHOD}), "
                     "ties 1/2 (Mann-Whitney U / (n m))"),
+                "validity": (f"per table, the verdict of `ctmarl validity` (ctmarl/validity.py) from its "
+                             f"{BASELINE_METHOD} and {SCRATCH_METHOD} records when >= {validity.MIN_SEEDS} seeds have "
+                             "both; null otherwise"),
             },
+            "boards": [{"scenario": b.scenario, "version": b.version, "tier": b.tier, "learner": b.learner,
+                        "validity": b.validity} for b in self.boards],
             "entries": [entry for board in self.boards for entry in board.entries],
         }
 
@@ -362,6 +369,20 @@ def _board_order(key: tuple) -> tuple:
     return (scenario, version, TIER_NAMES.index(tier), learner)
 
 
+def board_validity(methods: Mapping[str, list[Admitted]]) -> dict[str, str] | None:
+    """``ctmarl validity``'s {verdict, reason} for one table (``methods``: its records by method)
+    from its ``none`` and ``reset_all`` records; None when fewer than ``validity.MIN_SEEDS`` seeds
+    have both. Records it cannot analyse together give an inconclusive verdict saying why."""
+    none = [item.record for item in methods.get(validity.NONE_METHOD, [])]
+    scratch = [item.record for item in methods.get(validity.SCRATCH_METHOD, [])]
+    if len({r["seed"] for r in none} & {r["seed"] for r in scratch}) < validity.MIN_SEEDS:
+        return None
+    try:
+        return dict(validity.analyse(none, scratch)["verdict"])
+    except validity.ValidityError as exc:
+        return {"verdict": validity.INCONCLUSIVE, "reason": f"cannot analyse its records: {exc}"}
+
+
 def build(records_dir: Path | str) -> Leaderboard:
     """Admit every record under ``records_dir`` and compute the leaderboard (no files written)."""
     return assemble(admit_all(Path(records_dir)))
@@ -378,7 +399,7 @@ def assemble(admitted: list[Admitted]) -> Leaderboard:
         methods = by_board[board_key]
         pool = [item for items in methods.values() for item in items]
         baseline = sorted(methods.get(BASELINE_METHOD, []), key=lambda i: i.seed)
-        board = Board(*board_key)
+        board = Board(*board_key, validity=board_validity(methods))
         for method, items in methods.items():
             items = sorted(items, key=lambda i: i.seed)
             numbers = {k: _round(v) for k, v in entry_statistics(items, pool, baseline).items()}
@@ -428,6 +449,8 @@ def render_markdown(leaderboard: Leaderboard) -> str:
         "  the same seeds; **forgetting**: mean drop from a task's best score to its score after the last task.",
         "- **P(> none)**: probability that a run of the method has a higher task AUC than a run of "
         f"`{BASELINE_METHOD}`.",
+        "- **Validity**: whether the table's scenario tier measures plasticity loss, by `ctmarl validity` from its",
+        f"  `{BASELINE_METHOD}` and `{SCRATCH_METHOD}` records (rules in ctmarl/validity.py; needs ≥ 2 paired seeds).",
         "",
     ]
     if not leaderboard.boards:
@@ -443,6 +466,8 @@ def render_markdown(leaderboard: Leaderboard) -> str:
                          f"{_cell(e['performance_mean'])} | " + " | ".join(_cell(e[c]) for c in _COLUMNS) + " |")
             notes += [f"- `{e['method']}` {c.replace('_', ' ')}: {e[c].removeprefix('n/a: ')}"
                       for c in _COLUMNS if isinstance(e[c], str)]
+        if board.validity is not None:
+            lines += ["", f"Validity: {board.validity['verdict']} — {board.validity['reason']}"]
         if notes:
             lines += ["", "n/a:", *notes]
         lines.append("")

@@ -26,7 +26,7 @@ from torch import nn
 
 from ctmarl.config import from_mapping
 from ctmarl.envs.base import EnvInfo
-from ctmarl.errors import UnknownNameError
+from ctmarl.errors import UnknownNameError, shorten
 from ctmarl.registry import LEARNERS
 
 
@@ -106,7 +106,11 @@ class NeuronGroup:
 
 @runtime_checkable
 class Learner(Protocol):
-    """What the runner, methods and metrics may use of a value-factorisation learner."""
+    """What the runner, methods and metrics may use of a value-factorisation learner.
+
+    A learner class is built as ``cls(info, config, device=..., seed=...)`` with ``config`` an
+    instance of its ``Config`` dataclass (:func:`make_learner`; the plasticity probe builds a
+    fresh one the same way)."""
 
     info: EnvInfo
     device: torch.device
@@ -166,6 +170,10 @@ class Learner(Protocol):
         """Restore :meth:`checkpoint_state` into a learner built with the same config, after the
         method has restored any change it made to the networks' structure."""
 
+    # Optional: a learner that has it is probed by ctmarl.probe (the record's plasticity_probe).
+    # def probe_outputs(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    #     """Online Q-values [B, T, N, A] and Q_tot of the taken actions [B, T], with gradients."""
+
 
 def make_learner(
     name: str,
@@ -178,6 +186,6 @@ def make_learner(
     """Build a registered learner; ``overrides`` are checked against its ``Config`` dataclass."""
     cls = LEARNERS.load(name)
     if not (isinstance(cls, type) and hasattr(cls, "Config")):
-        raise UnknownNameError(f"learner {name!r} resolves to {cls!r}, which has no Config")
+        raise UnknownNameError(f"learner {shorten(repr(name))} resolves to {shorten(repr(cls))}, which has no Config")
     config = from_mapping(cls.Config, overrides or {}, where)
     return cls(info, config, device=device, seed=seed)

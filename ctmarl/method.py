@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 
 from ctmarl.config import from_mapping, read_yaml
-from ctmarl.errors import ConfigError, UnknownNameError
+from ctmarl.errors import ConfigError, UnknownNameError, shorten
 from ctmarl.learner import Learner
 from ctmarl.registry import METHODS
 
@@ -107,7 +107,7 @@ class Method:
 def method_class(name: str) -> type[Method]:
     cls = METHODS.load(name)
     if not (isinstance(cls, type) and issubclass(cls, Method)):
-        raise UnknownNameError(f"method {name!r} resolves to {cls!r}, which is not a ctmarl Method")
+        raise UnknownNameError(f"method {shorten(repr(name))} resolves to {shorten(repr(cls))}, which is not a ctmarl Method")
     return cls
 
 

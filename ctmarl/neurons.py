@@ -9,7 +9,10 @@ For a neuron group with incoming weights W [H, D], bias b [H] and post-activatio
                    updates (r̄ ← β r̄ + (1-β) r, β = 0.9, started at the first r);
                    s_i = r̄_i / (mean_k r̄_k + 1e-12);   stagnant if s_i <= τ_s
 
-Default thresholds τ_d = τ_g = τ_s = 0.1. Gradients are the raw ones of the TD loss, before
+Default thresholds τ_d = τ_g = τ_s = 0.1. For threshold sensitivity the monitor also logs the
+stagnant ratio at τ_s = 0.25 (a public port of KNIFE's metric flags RUA < 0.25) and the dormant
+ratio at τ_d = 0.025 (ReDo's value in Plasticine, the PyTorch ReDo port), from the same scores
+(no extra pass over the data). Gradients are the raw ones of the TD loss, before
 clipping. Neurons a method froze (``NeuronGroup.frozen``: KNIFE's knowledge and compensation
 neurons, zero gradient by design) are left out: the means in the normalisations, the three ratios,
 their overlaps and the update-ratio statistics run over the trainable neurons only (counting frozen
@@ -141,6 +144,9 @@ class Thresholds:
     dormant: float = 0.1
     grama: float = 0.1
     stagnant: float = 0.1
+    #: The second thresholds logged for sensitivity (see the module docstring).
+    stagnant_alternative: float = 0.25
+    dormant_alternative: float = 0.025
 
 
 @dataclass(frozen=True)
@@ -156,6 +162,10 @@ class GroupSnapshot:
     update_ratio_median: float
     weight_norm: float
     grad_norm: float
+    stagnant_ratio_025: float
+    """Stagnant ratio at τ_s = 0.25 (threshold sensitivity)."""
+    dormant_ratio_0025: float
+    """Dormant ratio at τ_d = 0.025 (threshold sensitivity)."""
     effective_rank: float
 
 
@@ -167,8 +177,10 @@ def snapshot_group(
     weight_grad, bias_grad = group_gradients(group)
     keep = group.trainable
     trainable_ema = ratio_ema[keep]
-    stagnant = stagnant_scores(trainable_ema) <= thresholds.stagnant
-    dormant = dormant_scores(activations[:, keep]) <= thresholds.dormant
+    stagnant_score = stagnant_scores(trainable_ema)
+    dormant_score = dormant_scores(activations[:, keep])
+    stagnant = stagnant_score <= thresholds.stagnant
+    dormant = dormant_score <= thresholds.dormant
     grama = grama_scores(weight_grad[keep], None if bias_grad is None else bias_grad[keep]) <= thresholds.grama
     rows = incoming_rows(group.incoming.weight.detach(), _detached(group.incoming.bias))
     values = torch.stack([
@@ -176,6 +188,8 @@ def snapshot_group(
         (stagnant & dormant).float().mean(), (stagnant & grama).float().mean(),
         trainable_ema.mean(), trainable_ema.median(), rows.norm(),
         incoming_rows(weight_grad, bias_grad).norm(),
+        (stagnant_score <= thresholds.stagnant_alternative).float().mean(),
+        (dormant_score <= thresholds.dormant_alternative).float().mean(),
     ]).tolist()
     return GroupSnapshot(*values, effective_rank=effective_rank(activations))
 

@@ -6,7 +6,17 @@ actions -> replay -> ``updates_per_collect`` learner updates, each followed by `
 until the task's env-step budget is spent. Greedy evaluations on the current task happen when the
 task's env steps cross ``budget * i / evals_per_task`` (i = 1..evals_per_task), so the last one is
 at the end of the task. At the end of each task the learner is evaluated greedily on every task of
-the scenario: ``R[k][j]`` (``R[k][k]`` is the task's last curve point).
+the scenario: ``R[k][j]`` (``R[k][k]`` is the task's last curve point). Tasks that share a
+definition (the same resolved settings: a repeated sequence, ``matrix_drift``'s return to M1) are
+evaluated once per task end and share the value (the current task's definition takes the last
+curve point), so R costs one evaluation per distinct task, not per task.
+
+With ``protocol.transition`` the training env's interpolable settings are blended from the
+previous task's to the current task's over the first part of each task (see
+:class:`ctmarl.scenario.Transition`); evaluations always use the task's own settings.
+
+At each task end the plasticity probe (:mod:`ctmarl.probe`) measures how well the network can
+still fit random targets; it never changes the run's numbers.
 
 Seeding: the run seed fixes network initialisation (``torch.manual_seed``), replay sampling,
 exploration and every env's generator, so the same seed on the same machine and CPU gives the
@@ -33,11 +43,12 @@ import torch
 
 from ctmarl import metrics
 from ctmarl.checkpoint import CheckpointWriter, InterruptRequest, global_rng_state, set_global_rng_state
-from ctmarl.envs.base import BatchedEnv
+from ctmarl.envs.base import BatchedEnv, blend_settings
 from ctmarl.errors import NonFiniteLossError, RunInterrupted
 from ctmarl.learner import EpisodeBatch, Learner, NeuronGroup
 from ctmarl.method import Method, MethodContext
 from ctmarl.neurons import GroupSnapshot, NeuronMonitor
+from ctmarl.probe import PlasticityProbe, ProbeSettings
 from ctmarl.scenario import Scenario, Task
 
 #: progress(env_steps_advanced, task_index, task_name, latest_score)
@@ -95,6 +106,8 @@ class RunResult:
     """Everything a run measured; :mod:`ctmarl.record` turns it into a record."""
 
     task_names: list[str]
+    #: Per task: index of its distinct definition (see ctmarl.scenario.Task.definition).
+    task_definition: list[int] = field(default_factory=list)
     curves: dict[str, list] = field(default_factory=lambda: {
         "env_step": [], "task": [], "task_step": [], "score": [], "return": []})
     R: list[list[float]] = field(default_factory=list)
@@ -109,6 +122,8 @@ class RunResult:
     wall_time_s: float = 0.0
     #: Env steps at which the run was resumed from a checkpoint (provenance, not a measurement).
     resumed_at_env_steps: list[int] = field(default_factory=list)
+    #: The plasticity probe's results (ctmarl.probe.PlasticityProbe.result), None when off.
+    plasticity_probe: dict[str, Any] | None = None
 
     def log_neurons(self, snapshot: dict[str, GroupSnapshot], groups: list[NeuronGroup], task: int) -> None:
         log = self.neurons
@@ -142,10 +157,16 @@ class RunResult:
 
 
 class Evaluator:
-    """Greedy evaluation on any task of the scenario, with one persistent env per task."""
+    """Greedy evaluation on any task of the scenario, with one persistent env per distinct task
+    definition (seeded by the index of the definition's first task)."""
 
     def __init__(self, tasks: tuple[Task, ...], episodes: int, device: torch.device, seed: int):
-        self.envs = [task.make_env(episodes, device, seed=_derive_seed(seed, 2, task.index)) for task in tasks]
+        first = {}
+        for task in tasks:
+            first.setdefault(task.definition, task)
+        self.envs = [first[d].make_env(episodes, device, seed=_derive_seed(seed, 2, first[d].index))
+                     for d in range(len(first))]
+        self.definition = [task.definition for task in tasks]
         self.generator = torch.Generator(device=device)
 
     def state_dict(self) -> dict[str, Any]:
@@ -158,12 +179,15 @@ class Evaluator:
 
     def __call__(self, learner: Learner, task_index: int) -> tuple[float, float]:
         """Mean normalised score and mean return of greedy episodes on task ``task_index``."""
-        result = rollout(self.envs[task_index], learner, 0.0, self.generator)
+        return self.on_definition(learner, self.definition[task_index])
+
+    def on_definition(self, learner: Learner, definition: int) -> tuple[float, float]:
+        result = rollout(self.envs[definition], learner, 0.0, self.generator)
         return float(result.score.mean()), float(result.episode_return.mean())
 
     def q_tot_mse(self, learner: Learner, task_index: int) -> float | None:
         """For one-step games with a payoff table: MSE of Q_tot over every joint action."""
-        env = self.envs[task_index]
+        env = self.envs[self.definition[task_index]]
         table = getattr(env, "joint_action_table", None)
         if table is None:
             return None
@@ -212,7 +236,7 @@ class Training:
     """
 
     def __init__(self, scenario: Scenario, tier: str, learner: Learner, method: Method, seed: int,
-                 neuron_every_updates: int = 0):
+                 neuron_every_updates: int = 0, probe: bool = True):
         self.tier_spec = scenario.tier(tier)
         self.protocol = scenario.protocol
         self.tasks = scenario.tasks(tier)
@@ -224,7 +248,12 @@ class Training:
         self.explore_generator = torch.Generator(device=device)
         self.explore_generator.manual_seed(_derive_seed(seed, 1))
         self.evaluator = Evaluator(self.tasks, self.protocol.eval_episodes, device, seed)
-        self.result = RunResult(task_names=[t.name for t in self.tasks])
+        self.result = RunResult(task_names=[t.name for t in self.tasks],
+                                task_definition=[t.definition for t in self.tasks])
+        self.transition = self.protocol.transition
+        # The smoke tier (for tests, a few updates per task) probes with 10 steps to stay seconds long.
+        probe_settings = ProbeSettings(steps=10) if tier == "smoke" else ProbeSettings()
+        self.probe = PlasticityProbe(_derive_seed(seed, 4), probe_settings) if probe else None
         self.result.neurons["every_updates"] = neuron_every_updates
         self.monitor = NeuronMonitor(learner.neuron_groups, neuron_every_updates) if neuron_every_updates else None
         self.position = Position()
@@ -264,6 +293,8 @@ class Training:
                         f"{len(self.tasks)} {task.name}){where}; run the same command with --resume to continue")
             self._end_task(task)
         self.result.wall_time_s = self._wall_time()
+        if self.probe is not None:
+            self.result.plasticity_probe = self.probe.result()
         return self.result
 
     def _start_task(self, task: Task) -> None:
@@ -282,7 +313,11 @@ class Training:
     def _collect_and_update(self, task: Task) -> int:
         """One collection of episodes, its updates, and the evaluations it reaches; returns its env steps."""
         position, result, learner, monitor = self.position, self.result, self.learner, self.monitor
+        if self.transition is not None and task.index > 0:
+            self._transition_settings(task)
         collected = rollout(self.env, learner, learner.epsilon(position.explore_steps), self.explore_generator)
+        if self.probe is not None:
+            self.probe.offer_batch(collected.batch)
         learner.add_episodes(collected.batch)
         position.task_steps += collected.env_steps
         position.explore_steps += collected.env_steps
@@ -314,6 +349,17 @@ class Training:
             position.next_eval += 1
         return collected.env_steps
 
+    def _transition_settings(self, task: Task) -> None:
+        """Blend the training env's settings from the previous task's towards ``task``'s (see
+        :class:`ctmarl.scenario.Transition`); from the end of the transition on, ``task``'s own."""
+        previous = self.tasks[task.index - 1]
+        span = self.transition.share * self.budget
+        alpha = min(self.position.task_steps / span, 1.0)
+        settings = task.settings if alpha >= 1.0 else blend_settings(
+            previous.settings, task.settings, alpha, task.family.interpolable)
+        if settings != self.env.settings:
+            self.env.set_settings(settings)
+
     def _after_backward(self) -> None:
         if self.monitor is not None:
             self.monitor.after_backward()  # measure the gradients before a method may alter them
@@ -327,20 +373,17 @@ class Training:
 
     def _end_task(self, task: Task) -> None:
         result, evaluator = self.result, self.evaluator
-        row, row_return = [], []
+        by_definition = {task.definition: (result.curves["score"][-1], result.curves["return"][-1])}
         for other in self.tasks:
-            if other.index == task.index:
-                row.append(result.curves["score"][-1])
-                row_return.append(result.curves["return"][-1])
-            else:
-                other_score, other_return = evaluator(self.learner, other.index)
-                row.append(other_score)
-                row_return.append(other_return)
-        result.R.append(row)
-        result.R_return.append(row_return)
+            if other.definition not in by_definition:
+                by_definition[other.definition] = evaluator.on_definition(self.learner, other.definition)
+        result.R.append([by_definition[other.definition][0] for other in self.tasks])
+        result.R_return.append([by_definition[other.definition][1] for other in self.tasks])
         mse = evaluator.q_tot_mse(self.learner, task.index)
         if mse is not None:
             result.q_tot_mse.append(mse)
+        if self.probe is not None:
+            self.probe.at_task_end(self.learner)
         if self.protocol.announce_task_boundaries:
             self.method.on_task_end(task.index)
         self.position.task, self.position.task_started = task.index + 1, False
@@ -360,6 +403,7 @@ class Training:
             "learner": self.learner.checkpoint_state(),
             "method": self.method.state_dict(),
             "neuron_tracker": None if self.monitor is None else self.monitor.tracker.state_dict(),
+            "probe": None if self.probe is None else self.probe.state_dict(),
             "explore_generator": self.explore_generator.get_state(),
             "evaluator": self.evaluator.state_dict(),
             "env": None if self.env is None else self.env.state_dict(),
@@ -376,13 +420,18 @@ class Training:
             self.monitor.tracker.load_state_dict(state["neuron_tracker"])
         self.explore_generator.set_state(state["explore_generator"])
         self.evaluator.load_state_dict(state["evaluator"])
+        if self.probe is not None:
+            self.probe.load_state_dict(state["probe"])
         self.result = RunResult(**state["result"])
         self.result.resumed_at_env_steps.append(self.result.env_steps)
         self._wall_time_before = self.result.wall_time_s
         self.position = Position(**state["position"])
         self.env = None
         if self.position.task_started:
-            self.env = self._make_env(self.tasks[self.position.task])
+            task = self.tasks[self.position.task]
+            self.env = self._make_env(task)
+            if self.transition is not None and task.index > 0:
+                self._transition_settings(task)
             self.env.load_state_dict(state["env"])
         # Last: nothing above may draw from torch's global generator after it is restored.
         set_global_rng_state(state["global_rng"], self.learner.device)
@@ -396,6 +445,7 @@ def run(
     seed: int,
     progress: ProgressFn | None = None,
     neuron_every_updates: int = 0,
+    probe: bool = True,
 ) -> RunResult:
     """Train ``learner`` with ``method`` through ``scenario`` at ``tier``; return what was measured.
 
@@ -404,4 +454,4 @@ def run(
     learner (see :func:`ctmarl.evaluate.evaluate`). For checkpoints and resuming, use
     :class:`Training` directly.
     """
-    return Training(scenario, tier, learner, method, seed, neuron_every_updates).train(progress)
+    return Training(scenario, tier, learner, method, seed, neuron_every_updates, probe).train(progress)

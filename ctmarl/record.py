@@ -6,8 +6,9 @@ defines the run; the seed; provenance (ctmarl version, git commit and whether th
 library versions, device, machine); timing; per-evaluation curves; the R matrix; final metrics;
 and ``content_hash``, a sha256 over all other fields, so a number edited by hand is detected.
 
-Records are written atomically (temporary file in the same folder + rename) and loaded only with
-``yaml.safe_load``.
+Records are written atomically (temporary file in the same folder + rename) and loaded only as
+plain data (:func:`ctmarl.config.read_yaml`); a malformed one (a key of the wrong type, a missing
+nested key, a non-numeric metric) is a :class:`~ctmarl.errors.RecordError` naming the key.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from typing import Any
 
 import yaml
 
-from ctmarl.config import read_yaml, stable_hash
-from ctmarl.errors import OutputError, RecordError
+from ctmarl.config import MAX_RECORD_BYTES, read_yaml, stable_hash
+from ctmarl.errors import OutputError, RecordError, shorten
 
 SCHEMA_VERSION = 1
 REQUIRED_KEYS = (
@@ -159,7 +160,8 @@ def validate_record(record: Any, where: str) -> dict[str, Any]:
     if missing:
         raise RecordError(f"{where}: missing key {missing[0]!r}")
     if record["schema_version"] != SCHEMA_VERSION:
-        raise RecordError(f"{where}: schema_version {record['schema_version']!r} is not {SCHEMA_VERSION}")
+        raise RecordError(f"{where}: schema_version {shorten(repr(record['schema_version']))} is not {SCHEMA_VERSION}")
+    _check_types(record, where)
     if record["content_hash"] != content_hash(record):
         raise RecordError(f"{where}: content_hash does not match the content (the record was edited)")
     if record["config_hash"] != config_hash(record):
@@ -171,12 +173,67 @@ def validate_record(record: Any, where: str) -> dict[str, Any]:
     lengths = {len(v) for v in record["curves"].values()}
     if len(lengths) != 1:
         raise RecordError(f"{where}: curves have columns of different lengths")
-    for value in record["metrics"].values():
-        if isinstance(value, float) and math.isnan(value):
-            raise RecordError(f"{where}: a metric is NaN")
+    for key, value in record["metrics"].items():
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise RecordError(f"{where}: metrics.{shorten(key)} is not finite (NaN or infinite)")
     return record
 
 
+#: What the readers of records (leaderboard, plots, reports, sweeps) rely on, by key path:
+#: a type, or a tuple of types (None: the key may hold null). Other keys are free.
+_NUMBER = (int, float)
+_TYPES: dict[str, Any] = {
+    "scenario": dict, "scenario.name": str, "scenario.version": int, "scenario.tier": str,
+    "scenario.definition_hash": str,
+    "learner": dict, "learner.name": str, "learner.entry_point": str, "learner.config": dict,
+    "method": dict, "method.name": str, "method.entry_point": str, "method.config": dict,
+    "seed": int, "config_hash": str, "content_hash": str, "provenance": dict,
+    "timing": dict, "timing.env_steps": int, "timing.updates": int, "timing.wall_time_s": _NUMBER,
+    "tasks": list, "curves": dict, "R": list, "metrics": dict, "metrics.performance": _NUMBER,
+    "metrics.auc": _NUMBER, "metrics.auc_per_task": list, "metrics.forgetting": (*_NUMBER, type(None)),
+}
+#: Optional keys: checked when present.
+_OPTIONAL_TYPES: dict[str, Any] = {
+    "method.variant": (str, type(None)), "provenance.git_commit": (str, type(None)),
+    "provenance.torch_threads": (int, type(None)), "provenance.device": (str, type(None)),
+    "neurons": (dict, type(None)), "method_summary": (dict, type(None)),
+}
+
+
+def _check_types(record: dict[str, Any], where: str) -> None:
+    """Raise RecordError naming the first key whose value is not of the kind its readers expect."""
+    for path, kinds in (*_TYPES.items(), *_OPTIONAL_TYPES.items()):
+        *parents, key = path.split(".")
+        block = record
+        for parent in parents:
+            block = block[parent]  # parents come first in _TYPES, so they are checked mappings
+        if key not in block:
+            if path in _TYPES:
+                raise RecordError(f"{where}: missing key {path!r}")
+            continue
+        _check_value(block[key], kinds, path, where)
+    if not record["tasks"] or not all(isinstance(name, str) for name in record["tasks"]):
+        raise RecordError(f"{where}: tasks must be a non-empty list of task names")
+    for path, values in (("metrics.auc_per_task", record["metrics"]["auc_per_task"]),
+                         *((f"curves.{k}", v) for k, v in record["curves"].items()),
+                         *((f"R[{i}]", row) for i, row in enumerate(record["R"]))):
+        _check_value(values, list, path, where)
+        for value in values:
+            _check_value(value, (*_NUMBER, type(None)), f"{path}[...]", where)
+
+
+def _check_value(value: Any, kinds: Any, path: str, where: str) -> None:
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        words = {dict: "a mapping", list: "a list", str: "a string", int: "an integer", float: "a number",
+                 type(None): "null"}
+        names = " or ".join(words[k] for k in kinds if not (k is int and float in kinds))
+        raise RecordError(f"{where}: {path} must be {names}, got {type(value).__name__} {shorten(repr(value), 40)}")
+
+
 def load_record(path: str | Path) -> dict[str, Any]:
+    """Read and validate one record (see :func:`validate_record`); at most
+    :data:`ctmarl.config.MAX_RECORD_BYTES`, read as plain data by :func:`ctmarl.config.read_yaml`."""
     path = Path(path)
-    return validate_record(read_yaml(path, str(path), RecordError), str(path))
+    return validate_record(read_yaml(path, str(path), RecordError, "record", MAX_RECORD_BYTES), str(path))

@@ -15,23 +15,24 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
-from ctmarl.errors import UnknownNameError
+from ctmarl.errors import UnknownNameError, shorten
 
 
 def import_entry_point(entry_point: str) -> Any:
     """Import ``"package.module:Attribute"`` (attribute may be dotted)."""
     module_name, _, attribute = entry_point.partition(":")
     if not module_name or not attribute:
-        raise UnknownNameError(f"{entry_point!r} is not of the form 'package.module:Attribute'")
+        raise UnknownNameError(f"{shorten(repr(entry_point))} is not of the form 'package.module:Attribute'")
     try:
         obj: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise UnknownNameError(f"cannot import {module_name!r} for {entry_point!r}: {exc}") from None
+        raise UnknownNameError(f"cannot import {shorten(repr(module_name))} for {shorten(repr(entry_point))}: "
+                               f"{shorten(exc)}") from None
     for part in attribute.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise UnknownNameError(f"{module_name!r} has no attribute {attribute!r}") from None
+            raise UnknownNameError(f"{shorten(repr(module_name))} has no attribute {shorten(repr(attribute))}") from None
     return obj
 
 
@@ -75,7 +76,7 @@ class Registry:
         if ":" in name:
             return name
         raise UnknownNameError(
-            f"unknown {self.kind} {name!r}; known: {', '.join(self.names()) or '(none)'}"
+            f"unknown {self.kind} {shorten(repr(name))}; known: {', '.join(self.names()) or '(none)'}"
         )
 
     def load(self, name: str) -> Any:

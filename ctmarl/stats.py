@@ -11,6 +11,8 @@ one column per task (in ctmarl: the tasks of one scenario, so a score is a per-t
   resampled statistics. ``scipy.stats.bootstrap`` does exactly this when each task's column is
   passed as its own sample (unpaired samples are resampled independently). The generator is seeded
   so the interval is the same on every call (the leaderboard is rebuilt in CI and compared).
+- **Bootstrap CI of a mean** (:func:`mean_ci`): for one number per run (e.g. a per-seed
+  plasticity ratio), the percentile interval of the mean over runs resampled with replacement.
 - **Probability of improvement** P(X > Y): for each task k, the probability that a random run of
   method X scores higher than a random run of method Y on task k, ties counting 1/2 (the
   Mann–Whitney U statistic divided by ``n_x * n_y``), averaged over tasks. X and Y need the same
@@ -77,6 +79,21 @@ def stratified_bootstrap_ci(
     result = scipy_stats.bootstrap(
         tuple(array.T), _iqm_of_columns, n_resamples=resamples, vectorized=True, paired=False,
         confidence_level=level, method="percentile", **{_RNG_KEYWORD: np.random.default_rng(seed)},
+    )
+    return Interval(float(result.confidence_interval.low), float(result.confidence_interval.high))
+
+
+def mean_ci(values, level: float = CI_LEVEL, resamples: int = CI_RESAMPLES, seed: int = CI_SEED) -> Interval:
+    """Percentile ``level`` bootstrap CI of the mean of 1-d ``values`` (one per run), runs resampled
+    with replacement. Needs at least 2 values; deterministic for a given ``seed``."""
+    array = np.asarray(values, dtype=float)
+    if array.ndim != 1 or np.isnan(array).any():
+        raise ValueError(f"values: expected a 1-d array without NaN, got shape {array.shape}")
+    if array.size < 2:
+        raise ValueError(f"a bootstrap CI needs at least 2 runs, got {array.size}")
+    result = scipy_stats.bootstrap(
+        (array,), np.mean, n_resamples=resamples, vectorized=True, confidence_level=level,
+        method="percentile", **{_RNG_KEYWORD: np.random.default_rng(seed)},
     )
     return Interval(float(result.confidence_interval.low), float(result.confidence_interval.high))
 

@@ -49,7 +49,7 @@ from typing import Any
 
 
 from ctmarl.config import from_mapping, read_yaml
-from ctmarl.errors import ConfigError, CtmarlError, RecordError, RunInterrupted, UnknownNameError
+from ctmarl.errors import ConfigError, CtmarlError, RecordError, RunInterrupted, UnknownNameError, shorten
 
 EXECUTORS = ("inline", "pool", "ray")
 #: Status of a run in a sweep's report.
@@ -98,7 +98,7 @@ class SweepSpec:
             raise ValueError(f"checkpoint_every: must be >= 0, got {self.checkpoint_every}")
         for algo, path in self.method_configs.items():
             if not isinstance(path, str):
-                raise ValueError(f"method_configs.{algo}: expected a file path, got {path!r}")
+                raise ValueError(f"method_configs.{shorten(algo)}: expected a file path, got {shorten(repr(path))}")
 
 
 def load_sweep_file(path: str | Path, overrides: Mapping[str, Any] | None = None) -> SweepSpec:

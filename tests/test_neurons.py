@@ -98,3 +98,21 @@ def test_ema_over_updates_and_restart_on_width_change():
     expected = 0.9 * (1 / (row_norm + 1e-8)) + 0.1 * (3 / (row_norm + 1e-8))
     assert tracker.ema["toy"][2].item() == pytest.approx(expected)
     assert first[2].item() == pytest.approx(1 / (row_norm + 1e-8))
+
+
+def test_alternative_thresholds_are_logged_from_the_same_scores():
+    """Threshold sensitivity: a neuron scoring between 0.1 and 0.25 is stagnant at τ_s = 0.25 only,
+    and one scoring between 0.025 and 0.1 is dormant at τ_d = 0.1 only."""
+    incoming, relu, out = nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 1)
+    group = NeuronGroup("toy", incoming, relu, (Consumer(out, "weight"),), "mixer")
+    # activations a = [0.2, 0.05, 1.9, 1.85] (mean 1.0): dormant scores 0.2, 0.05, 1.9, 1.85
+    activations = torch.tensor([[0.2, 0.05, 1.9, 1.85]])
+    # stagnation EMA r = [0.2, 0.05, 1.9, 1.85] (mean 1.0): scores 0.2, 0.05, 1.9, 1.85
+    ema = torch.tensor([0.2, 0.05, 1.9, 1.85])
+    incoming.weight.grad = torch.ones_like(incoming.weight)
+    incoming.bias.grad = torch.ones_like(incoming.bias)
+    snap = neurons.snapshot_group(group, activations, ema, neurons.Thresholds())
+    assert snap.stagnant_ratio == pytest.approx(1 / 4)  # 0.05 <= 0.1
+    assert snap.stagnant_ratio_025 == pytest.approx(2 / 4)  # 0.2 and 0.05 <= 0.25
+    assert snap.dormant_ratio == pytest.approx(1 / 4)  # 0.05 <= 0.1
+    assert snap.dormant_ratio_0025 == pytest.approx(0.0)  # none <= 0.025

@@ -53,5 +53,6 @@ def test_plot_command_writes_pngs_data_and_summary(record_and_path, tmp_path):
     result = CliRunner().invoke(main, ["plot", str(path), "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     names = {p.name.removeprefix(path.stem) for p in tmp_path.iterdir()}
-    assert names == {"_curves.png", "_curves.csv", "_neurons.png", "_neurons.csv", "_R.png", "_R.csv", "_summary.yaml"}
+    assert names == {"_curves.png", "_curves.csv", "_neurons.png", "_neurons.csv", "_R.png", "_R.csv",
+                     "_probe.png", "_probe.csv", "_summary.yaml"}
     assert "plasticity_ratio: 'n/a: no reset_all record" in result.output

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ctmarl.config import check_range
 from ctmarl.errors import ConfigError
 from ctmarl.learner import Learner
 from ctmarl.method import Method, MethodContext
@@ -41,6 +42,9 @@ class ShrinkPerturbConfig:
     def __post_init__(self) -> None:
         if self.shrink < 0 or self.perturb < 0:
             raise ValueError(f"shrink and perturb: must be >= 0, got {self.shrink} and {self.perturb}")
+        # Both are factors on weights: above 1 the method would grow the network, not shrink it.
+        check_range(self, "shrink", 0.0, 1.0)
+        check_range(self, "perturb", 0.0, 1.0)
 
 
 def trainable_parameters(learner: Learner) -> list[torch.Tensor]:

@@ -28,6 +28,8 @@ a scenario's fixed ``env.settings``, the tier's ``env`` overrides and the task's
 from __future__ import annotations
 
 import abc
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
@@ -69,6 +71,9 @@ class BatchedEnv(abc.ABC):
     Settings: ClassVar[type]
     #: One line on what the normalised score means, for READMEs and records.
     score_meaning: ClassVar[str] = "normalised episode score"
+    #: Numeric ``Settings`` fields a gradual transition between tasks may blend
+    #: (``protocol.transition``); families that list any implement :meth:`set_settings`.
+    interpolable: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, settings, num_envs: int, device: torch.device | str = "cpu", seed: int = 0):
         if num_envs < 1:
@@ -92,6 +97,11 @@ class BatchedEnv(abc.ABC):
     def step(self, actions: torch.Tensor) -> StepResult:
         """Apply ``actions`` [E, N] (long) to every copy."""
 
+    def set_settings(self, settings) -> None:
+        """Play ``settings`` from the next :meth:`reset` on. Only the ``interpolable`` fields may
+        differ from the env's current settings (sizes never change)."""
+        raise NotImplementedError(f"env family {type(self).__name__} cannot change its settings")
+
     def state_dict(self) -> dict[str, Any]:
         """Everything that decides what the env does next (its generator and any episodes in
         progress) as plain containers of tensors, for checkpoints; :meth:`load_state_dict` restores
@@ -106,3 +116,18 @@ class BatchedEnv(abc.ABC):
     def _reseed(self, seed: int | None) -> None:
         if seed is not None:
             self.generator.manual_seed(seed)
+
+
+def blend_settings(start, end, alpha: float, fields: tuple[str, ...]):
+    """``end``'s settings with each of ``fields`` replaced by (1 - alpha) · start + alpha · end
+    (numbers, and nested lists/tuples/mappings of numbers, element by element)."""
+    return dataclasses.replace(end, **{name: _blend(getattr(start, name), getattr(end, name), alpha)
+                                       for name in fields})
+
+
+def _blend(a: Any, b: Any, alpha: float) -> Any:
+    if isinstance(a, Mapping):  # e.g. unit-type weights: a key one side lacks weighs 0 there
+        return {key: _blend(a.get(key, 0.0), b.get(key, 0.0), alpha) for key in {**a, **b}}
+    if isinstance(a, (list, tuple)):
+        return type(b)(_blend(x, y, alpha) for x, y in zip(a, b, strict=True))
+    return (1.0 - alpha) * float(a) + alpha * float(b)

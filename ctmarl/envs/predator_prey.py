@@ -79,6 +79,8 @@ by hand for tests.
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,6 +112,14 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 15)
 
 
+#: Upper bounds of the world's sizes. The tables built per env hold cells^2 = grid_size^4
+#: entries (grid 32: 10^6) and cells x window entries; the runner's tensors scale with agents x
+#: episode_limit (the scenario also bounds their product per tier, ctmarl.scenario.MAX_BATCH_VALUES).
+_UPPER_BOUNDS = {"grid_size": 32, "n_agents": 64, "n_prey": 256, "episode_limit": 10_000, "sight_range": 16}
+#: Rewards are learned as Q-values whose squared TD errors must stay finite in float32.
+MAX_ABS_REWARD = 1e6
+
+
 @dataclass(frozen=True)
 class PredatorPreySettings:
     """One predator-prey world; ``miscapture_punishment`` is what the tasks change."""
@@ -138,6 +148,12 @@ class PredatorPreySettings:
                           ("sight_range", 0), ("catchers_required", 1)):
             if getattr(self, name) < low:
                 raise ValueError(f"{name}: must be >= {low}, got {getattr(self, name)}")
+        for name, high in _UPPER_BOUNDS.items():
+            if getattr(self, name) > high:
+                raise ValueError(f"{name}: must be <= {high}, got {getattr(self, name)}")
+        if not -MAX_ABS_REWARD <= self.miscapture_punishment <= MAX_ABS_REWARD or self.capture_reward > MAX_ABS_REWARD:
+            raise ValueError(f"capture_reward and miscapture_punishment: must be within +-{MAX_ABS_REWARD:g}, "
+                             f"got {self.capture_reward} and {self.miscapture_punishment}")
         if self.n_agents + self.n_prey > self.grid_size**2:
             raise ValueError(
                 f"n_agents + n_prey ({self.n_agents + self.n_prey}) must fit on the "
@@ -169,6 +185,15 @@ class PredatorPreyEnv(BatchedEnv):
         "DCG/WQMIX stag-hunt rules with each phase (agent moves, captures, prey moves) resolved "
         "simultaneously; see ctmarl/envs/predator_prey.py"
     )
+
+    interpolable = ("miscapture_punishment", "capture_reward")
+
+    def set_settings(self, settings: PredatorPreySettings) -> None:
+        """Rewards only (``interpolable``): the world's sizes and rules stay as built."""
+        fixed = [f.name for f in dataclasses.fields(settings) if f.name not in self.interpolable]
+        if any(getattr(settings, name) != getattr(self.settings, name) for name in fixed):
+            raise ValueError("set_settings may change only " + ", ".join(self.interpolable))
+        self.settings = settings
 
     def __init__(self, settings: PredatorPreySettings, num_envs: int, device="cpu", seed: int = 0):
         super().__init__(settings, num_envs, device, seed)

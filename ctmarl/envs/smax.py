@@ -85,6 +85,7 @@ from typing import Any
 import torch
 
 from ctmarl.envs.base import BatchedEnv, EnvInfo, Observation, StepResult
+from ctmarl.errors import shorten
 
 #: SMAX's unit set, in its type-id order (the order of the type one-hots).
 UNIT_TYPES = ("marine", "marauder", "stalker", "zealot", "zergling", "hydralisk")
@@ -96,6 +97,9 @@ RACE_UNITS = {
     "zerg": ("zergling", "hydralisk", "baneling"),
 }
 START_POSITIONS = ("surrounded_and_reflect", "reflect", "surrounded")
+#: Upper bounds of a battle's sizes (SMACv2 plays up to 20 units a side; observations grow with
+#: units x units; the scenario also bounds copies x steps x values per tier).
+_UPPER_BOUNDS = {"n_units": 64, "n_enemies": 64, "episode_limit": 10_000, "map_size": 1024}
 BACKENDS = ("smax", "sc2")
 N_MOVE_ACTIONS = 5  # SMAX: 4 moves + stop
 STOP = 4
@@ -153,22 +157,28 @@ class SMAXSettings:
         for name, low in (("n_units", 1), ("n_enemies", 1), ("episode_limit", 1), ("map_size", 8)):
             if getattr(self, name) < low:
                 raise ValueError(f"{name}: must be >= {low}, got {getattr(self, name)}")
+        for name, high in _UPPER_BOUNDS.items():
+            if getattr(self, name) > high:
+                raise ValueError(f"{name}: must be <= {high}, got {getattr(self, name)}")
         if self.start_positions not in START_POSITIONS:
             raise ValueError(f"start_positions: must be one of {', '.join(START_POSITIONS)}, "
-                             f"got {self.start_positions!r}")
+                             f"got {shorten(repr(self.start_positions))}")
         if not 0.0 <= self.reflect_probability <= 1.0:
             raise ValueError(f"reflect_probability: must be in [0, 1], got {self.reflect_probability}")
         if self.backend not in BACKENDS:
-            raise ValueError(f"backend: must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+            raise ValueError(f"backend: must be one of {', '.join(BACKENDS)}, got {shorten(repr(self.backend))}")
         known = UNIT_TYPES if self.backend == "smax" else tuple(u for us in RACE_UNITS.values() for u in us)
         if not self.unit_weights:
             raise ValueError("unit_weights: give at least one unit type")
         for unit, weight in self.unit_weights.items():
             if unit not in known:
-                raise ValueError(f"unit_weights: unknown unit type {unit!r} for backend {self.backend}; "
+                raise ValueError(f"unit_weights: unknown unit type {shorten(repr(unit))} for backend {self.backend}; "
                                  f"known: {', '.join(known)}")
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
-                raise ValueError(f"unit_weights.{unit}: must be a number >= 0, got {weight!r}")
+                raise ValueError(f"unit_weights.{unit}: must be a number >= 0, got {shorten(repr(weight))}")
+        for unit, weight in self.unit_weights.items():  # after the loop above: its messages come first
+            if weight > 1:
+                raise ValueError(f"unit_weights.{unit}: must be <= 1 (weights are probabilities), got {shorten(repr(weight))}")
         total = sum(self.unit_weights.values())
         if not math.isclose(total, 1.0, abs_tol=1e-6):
             raise ValueError(f"unit_weights: must sum to 1, got {total:g}")
