@@ -62,9 +62,9 @@ BAD_NUMBERS = (0, -1, 1e308, math.nan, math.inf, -math.inf, 10**39, -(10**39))
 #: Keys of the shipped scenarios whose range includes 0 / negative numbers (unit weights: a unit
 #: type's weight may be 0; payoff entries are any finite number within +-1e6).
 ZERO_OK = {"payoff", "miscapture_punishment", "td_lambda", "sight_range", "reflect_probability",
-           "epsilon_anneal_steps", "gamma", "epsilon_start", "epsilon_finish", "seed",
-           "stalker", "zealot", "marine", "marauder", "zergling", "hydralisk"}
-NEGATIVE_OK = {"payoff", "miscapture_punishment", "seed"}
+           "epsilon_anneal_steps", "gamma", "epsilon_start", "epsilon_finish", "seed", "paying_kind",
+           "decoy_reward", "stalker", "zealot", "marine", "marauder", "zergling", "hydralisk"}
+NEGATIVE_OK = {"payoff", "miscapture_punishment", "decoy_reward", "seed"}
 #: Record fields whose type the leaderboard relies on (key paths; "*" is any key or index).
 RECORD_TYPED = {
     "schema_version": int, "seed": int, "config_hash": str, "content_hash": str,

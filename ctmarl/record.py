@@ -216,7 +216,7 @@ def _check_types(record: dict[str, Any], where: str) -> None:
     if not record["tasks"] or not all(isinstance(name, str) for name in record["tasks"]):
         raise RecordError(f"{where}: tasks must be a non-empty list of task names")
     for path, values in (("metrics.auc_per_task", record["metrics"]["auc_per_task"]),
-                         *((f"curves.{k}", v) for k, v in record["curves"].items()),
+                         *((f"curves.{shorten(k)}", v) for k, v in record["curves"].items()),
                          *((f"R[{i}]", row) for i, row in enumerate(record["R"]))):
         _check_value(values, list, path, where)
         for value in values:

@@ -45,11 +45,11 @@ def test_none_slower_than_scratch_in_every_seed_shows_loss():
     inter = result["interference"]
     assert inter["pairs"] == [
         {"from": "T0", "to": "T1", "expert_on_next": 0.2, "none_on_next": 0.3, "reachable": 1.0,
-         "gap": 0.8, "gap_ci95": [0.8, 0.8]},
+         "gap": 0.7, "gap_ci95": [0.7, 0.7]},  # 1 - max(0.2, 0.3)
         {"from": "T1", "to": "T2", "expert_on_next": 0.1, "none_on_next": 0.5, "reachable": 1.0,
-         "gap": 0.9, "gap_ci95": [0.9, 0.9]},
+         "gap": 0.5, "gap_ci95": [0.5, 0.5]},  # 1 - max(0.1, 0.5)
     ]
-    assert (inter["mean_gap"], inter["mean_gap_ci95"]) == (0.85, [0.85, 0.85])
+    assert (inter["mean_gap"], inter["mean_gap_ci95"]) == (0.6, [0.6, 0.6])
     learn = result["learnability"]
     assert learn["per_task"][0] == {"task": "T0", "final": 1.0, "auc": 0.65}
     assert learn["learned_share"] == 1.0 and learn["not_learned"] == []
@@ -81,6 +81,19 @@ def test_scratch_that_cannot_learn_is_inconclusive():
     assert result["learnability"]["learned_share"] == 0.3333
     assert result["verdict"] == {"verdict": v.INCONCLUSIVE, "reason": (
         "scratch does not learn the tasks within the budget: final score < 0.5 on 2 of 3 tasks (T1, T2)")}
+
+
+def test_a_carried_policy_that_scratch_cannot_find_does_not_show_loss():
+    """predator_prey_penalty-v1's case: scratch never learns the later tasks alone, while the
+    sequence's policy after task k already scores on k+1 what training on k+1 reaches."""
+    r_none = [[1.0, 0.95, 0.9], [0.9, 1.0, 0.95], [0.9, 0.9, 1.0]]
+    none = [record("none", s, r_none, a) for s, a in NONE_AUC.items()]
+    scratch = [record("reset_all", s, R_SCRATCH, a, final=[1.0, 0.0, 0.0]) for s, a in SCRATCH_AUC.items()]
+    result = v.analyse(none, scratch)
+    assert result["interference"]["mean_gap"] == 0.05  # (1 - 0.95 + 1 - 0.95) / 2
+    assert result["verdict"] == {"verdict": v.DOES_NOT_SHOW, "reason": (
+        "consecutive tasks share their optimal behaviour: interference gap 0.050 [0.050, 0.050] < 0.1; "
+        "scratch alone does not learn 2 of 3 tasks (T1, T2)")}
 
 
 @pytest.mark.parametrize("none_auc, expected, reason", [
@@ -177,7 +190,7 @@ def test_render_and_write(tmp_path):
     none, scratch = runs()
     result = v.analyse(none, scratch)
     text = v.render(result)
-    for expected in ("toy-v1 · smoke · qmix — seeds 0, 1", "T0 → T1", "mean gap 0.850 [0.850, 0.850]",
+    for expected in ("toy-v1 · smoke · qmix — seeds 0, 1", "T0 → T1", "mean gap 0.600 [0.600, 0.600]",
                      "PR mean over k ≥ 1 0.537", "Verdict: shows plasticity loss — none learns"):
         assert expected in text, text
     path = v.write(result, tmp_path)

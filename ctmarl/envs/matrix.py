@@ -28,14 +28,11 @@ from typing import Any
 
 import torch
 
-from ctmarl.config import from_mapping
+from ctmarl.config import FLOAT32_MAX, from_mapping
 from ctmarl.envs.base import BatchedEnv, EnvInfo, Observation, StepResult
 from ctmarl.errors import ConfigError, shorten
 
 
-#: Payoffs are rewards, learned as Q-values whose squared TD errors must stay finite in float32;
-#: |payoff| <= 1e6 keeps them below 1e13, far from float32's 3.4e38.
-MAX_ABS_PAYOFF = 1e6
 #: Actions per agent (the payoff table's side); the task generator lists all n! orders of n.
 MAX_ACTIONS = 64
 MAX_PERMUTED_ACTIONS = 8
@@ -56,8 +53,13 @@ class MatrixSettings:
         flat = [v for row in self.payoff for v in row]
         for i, row in enumerate(self.payoff):
             for j, value in enumerate(row):
-                if not (math.isfinite(value) and abs(value) <= MAX_ABS_PAYOFF):
-                    raise ValueError(f"payoff[{i}][{j}]: must be a finite number in [-1e6, 1e6], got {value}")
+                if not (math.isfinite(value) and abs(value) <= FLOAT32_MAX):
+                    raise ValueError(f"payoff[{i}][{j}]: must be a finite number within float32 (|x| <= 3.4e38), "
+                                     f"got {value}")
+        # The score divides by max - min in float32: it must be finite and not 0 there. (Payoffs so
+        # large that the TD loss overflows are stopped at run time: NonFiniteLossError.)
+        if not max(flat) - min(flat) <= FLOAT32_MAX:
+            raise ValueError(f"payoff: max - min ({max(flat) - min(flat):g}) must be within float32 (3.4e38)")
         as_float32 = torch.tensor(flat, dtype=torch.float32)
         if as_float32.max() == as_float32.min():
             raise ValueError("payoff: all entries are equal (in float32), so no score can be normalised")

@@ -2,30 +2,45 @@
 
 The relative-overgeneralisation "stag hunt" of DCG (Böhmer et al. 2020), also used by WQMIX and
 QPLEX: predators on a bounded grid must catch prey in pairs; a lone catch attempt is punished.
+Optionally the prey come in ``prey_kinds`` kinds of which only ``paying_kind`` pays (the others are
+decoys), so that tasks can change which prey the team must hunt.
 
 ==================  ================================================================================
 agents              ``n_agents`` predators (standard world: 8)
-prey                ``n_prey`` prey moving at random (standard world: 8)
+prey                ``n_prey`` prey moving at random (standard world: 8), of ``prey_kinds`` kinds
+                    (default 1): prey ``i`` is of kind ``i * prey_kinds // n_prey``, so the kinds
+                    are contiguous blocks of prey indices whose sizes differ by at most one, the
+                    earlier kinds the larger (2 kinds of 4 prey: 0, 0, 1, 1; of 5: 0, 0, 0, 1, 1)
 world               ``grid_size`` x ``grid_size`` bounded grid (standard: 10x10); row 0 is the top
 actions             6 per agent: 0 right, 1 down, 2 left, 3 up, 4 stay, 5 catch
-observation         (2 ``sight_range`` + 1)^2 x 3 floats (75 for the 5x5 view): for each cell of
-                    the window centred on the agent (rows top to bottom, then columns left to
-                    right), three flags [other active agent, live prey, outside the grid].
-                    A frozen agent observes all zeros.
+observation         (2 ``sight_range`` + 1)^2 x (2 + ``prey_kinds``) floats (75 for the 5x5 view
+                    and one kind, 100 for two kinds): for each cell of the window centred on the
+                    agent (rows top to bottom, then columns left to right), the flags [other
+                    active agent, live prey of kind 0, ..., live prey of kind K-1, outside the
+                    grid]. A frozen agent observes all zeros. Which kind pays is not observed.
 state               3 x (n_agents + n_prey) floats (48 standard): per agent then per prey
-                    [row / (G-1), col / (G-1), present]; frozen agents and captured prey are zeros
+                    [row / (G-1), col / (G-1), present]; frozen agents and captured prey are zeros.
+                    With ``prey_kinds`` K > 1 each prey's entry is followed by its one-hot kind
+                    (K floats, zeros once captured): 3 n_agents + (3 + K) n_prey floats. Sizes
+                    depend on the world's sizes and K only (never on ``paying_kind`` or rewards)
 action mask         moves that would leave the grid are unavailable; stay is always available;
                     catch is available iff a live prey is on one of the 4 neighbouring cells;
                     a frozen agent may only stay
-reward              shared: ``capture_reward`` (10) per prey captured this step, plus
-                    ``miscapture_punishment`` p (<= 0) once per prey that some but too few agents
-                    tried to catch this step
-episode             terminated when every prey is captured or every agent is frozen; truncated at
-                    ``episode_limit`` steps (standard: 200)
-score               captured prey / capturable prey, capturable = min(n_prey, n_agents //
-                    ``catchers_required``): each capture freezes >= 2 agents, so 8 agents can catch
-                    at most 4 of 8 prey; a score of 1 is the best any team can do
-task settings       ``miscapture_punishment`` (``predator_prey_penalty``: 0, -0.5, -1, -1.5, -2)
+reward              shared: ``capture_reward`` (10) per prey of the paying kind captured this
+                    step, plus ``decoy_reward`` (<= 0, default 0) per prey of another kind
+                    captured this step, plus ``miscapture_punishment`` p (<= 0) once per prey (of
+                    any kind) that some but too few agents tried to catch this step
+episode             terminated when every prey of the paying kind is captured (with one kind:
+                    every prey) or every agent is frozen; truncated at ``episode_limit`` steps
+                    (standard: 200)
+score               captured paying prey / capturable paying prey, capturable = min(paying prey,
+                    n_agents // ``catchers_required``): each capture freezes >= 2 agents, so 8
+                    agents can catch at most 4 of 8 prey; a score of 1 is the best any team can
+                    do. With one kind every prey pays (captured prey / min(n_prey, ...))
+task settings       ``miscapture_punishment`` (``predator_prey_penalty``: 0, -0.5, -1, -1.5, -2);
+                    ``paying_kind`` and p (``predator_prey_drift``). ``interpolable`` (blended by
+                    a gradual transition): ``miscapture_punishment``, ``capture_reward``,
+                    ``decoy_reward``; ``paying_kind`` switches at the task's start
 ==================  ================================================================================
 
 Rules of one step (all copies at once, in this order):
@@ -40,12 +55,15 @@ Rules of one step (all copies at once, in this order):
    For each live prey, count the active agents on its 4 neighbouring cells that chose *catch* and
    have not been frozen earlier in this step (catchers stay in place and prey has not moved yet,
    so this is exactly the catch the agent saw as available). With at least ``catchers_required``
-   (2) of them the prey is captured: +``capture_reward``, the prey is removed, and those catchers
-   are frozen and removed from the grid (for the rest of the episode they observe zeros, may only
-   stay, are invisible and no longer block). With 1 .. ``catchers_required``-1 the team gets
-   ``miscapture_punishment`` once for that prey. So an agent next to two prey is punished for
-   each lone catch, but takes part in at most one capture, and a team captures at most
-   n_agents // catchers_required prey per episode.
+   (2) of them the prey is captured: +``capture_reward`` if it is of ``paying_kind``, else
+   +``decoy_reward``; either way the prey is removed, and those catchers are frozen and removed
+   from the grid (for the rest of the episode they observe zeros, may only stay, are invisible and
+   no longer block). With 1 .. ``catchers_required``-1 the team gets ``miscapture_punishment``
+   once for that prey, whatever its kind. So an agent next to two prey is punished for each lone
+   catch, but takes part in at most one capture, and a team captures at most
+   n_agents // catchers_required prey per episode: catching a decoy costs the team its catchers.
+   *Catch* is available next to a live prey of any kind: agents must tell the kinds apart by
+   their observation channels, and which kind pays only by the rewards.
 3. **Prey move, simultaneously** (if ``prey_moves``). Every live prey picks uniformly at random one
    of its 4 neighbouring cells that is inside the grid and empty (agents after their moves, frozen
    agents removed, prey at their current cells); with no such cell it stays. Among prey picking one
@@ -53,7 +71,9 @@ Rules of one step (all copies at once, in this order):
    ``p_stags_rest = 0``).
 4. The episode counter advances; termination, truncation and score are computed.
 
-Episodes start with agents and prey on distinct cells drawn uniformly without replacement.
+Episodes start with agents and prey on distinct cells drawn uniformly without replacement. Prey
+kinds change no random draw: with the same key, a world with kinds places and moves everything
+exactly as the one-kind world (only rewards, score, termination and the observed channels differ).
 
 Differences from the original (DCG's ``stag_hunt.py`` with WQMIX's ``pred_prey_punish.yaml``):
 the original moves agents, then prey, one at a time in a random order, so an agent may follow
@@ -66,7 +86,9 @@ blocked by catchers that a later capture freezes; ours moves prey after all capt
 observation had no wall channel (``observe_walls: False``) but an always-empty hare channel, so
 the size (75) is the same. Its state was the whole 10x10x3 grid; ours is the entity list above.
 Papers report its return (at most 40 in the standard world, 4 captures x 10); our score divides
-captures by the capturable prey instead.
+captures by the capturable prey instead. Prey kinds are ours: the original's second kind, hares,
+differ in how many catchers they need and what they pay; ours differ only in what they pay
+(``paying_kind``, ``decoy_reward``), so a task can switch which prey the team must hunt.
 
 Randomness is counter-based: each copy draws a 64-bit key from :attr:`generator` at
 :meth:`~PredatorPreyEnv.reset`, and every random choice of that copy is a hash of (key, step,
@@ -92,7 +114,9 @@ RIGHT, DOWN, LEFT, UP, STAY, CATCH = range(6)
 N_ACTIONS = 6
 #: (row, col) offset of each action; row 0 is the top of the grid.
 ACTION_OFFSETS = ((0, 1), (1, 0), (0, -1), (-1, 0), (0, 0), (0, 0))
-N_CHANNELS = 3  # other agents, prey, outside the grid
+N_CHANNELS = 3  # other agents, prey, outside the grid (one prey kind; 2 + prey_kinds in general)
+#: Most prey kinds (each adds an observation channel per window cell).
+MAX_PREY_KINDS = 16
 
 _MASK32 = 0xFFFFFFFF
 # Multipliers of a 32-bit integer hash (hash-prospector's "[16 21f0aaad 15 735a2d97 15]"); both are
@@ -115,9 +139,9 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
 #: Upper bounds of the world's sizes. The tables built per env hold cells^2 = grid_size^4
 #: entries (grid 32: 10^6) and cells x window entries; the runner's tensors scale with agents x
 #: episode_limit (the scenario also bounds their product per tier, ctmarl.scenario.MAX_BATCH_VALUES).
+#: Rewards are any finite float32 numbers (ctmarl.config's default); returns that overflow in
+#: training are stopped at run time (NonFiniteLossError).
 _UPPER_BOUNDS = {"grid_size": 32, "n_agents": 64, "n_prey": 256, "episode_limit": 10_000, "sight_range": 16}
-#: Rewards are learned as Q-values whose squared TD errors must stay finite in float32.
-MAX_ABS_REWARD = 1e6
 
 
 @dataclass(frozen=True)
@@ -142,6 +166,15 @@ class PredatorPreySettings:
     """Agents that must choose *catch* next to a prey on the same step to capture it."""
     prey_moves: bool = True
     """Whether prey move at random each step (False: prey stand still, e.g. for tests)."""
+    prey_kinds: int = 1
+    """Kinds of prey (1: every prey pays, the original world). Prey ``i`` is of kind
+    ``i * prey_kinds // n_prey`` (contiguous blocks, the earlier kinds one larger when uneven);
+    each kind has its own observation channel."""
+    paying_kind: int = 0
+    """The kind whose capture gives ``capture_reward`` and counts in the score."""
+    decoy_reward: float = 0.0
+    """Team reward (<= 0) per captured prey of another kind than ``paying_kind`` (a *decoy*); its
+    capture still removes it and freezes its catchers."""
 
     def __post_init__(self) -> None:
         for name, low in (("grid_size", 2), ("n_agents", 1), ("n_prey", 1), ("episode_limit", 1),
@@ -151,9 +184,6 @@ class PredatorPreySettings:
         for name, high in _UPPER_BOUNDS.items():
             if getattr(self, name) > high:
                 raise ValueError(f"{name}: must be <= {high}, got {getattr(self, name)}")
-        if not -MAX_ABS_REWARD <= self.miscapture_punishment <= MAX_ABS_REWARD or self.capture_reward > MAX_ABS_REWARD:
-            raise ValueError(f"capture_reward and miscapture_punishment: must be within +-{MAX_ABS_REWARD:g}, "
-                             f"got {self.capture_reward} and {self.miscapture_punishment}")
         if self.n_agents + self.n_prey > self.grid_size**2:
             raise ValueError(
                 f"n_agents + n_prey ({self.n_agents + self.n_prey}) must fit on the "
@@ -167,11 +197,31 @@ class PredatorPreySettings:
             raise ValueError(f"miscapture_punishment: must be <= 0, got {self.miscapture_punishment}")
         if self.capture_reward <= 0:
             raise ValueError(f"capture_reward: must be > 0, got {self.capture_reward}")
+        if not 1 <= self.prey_kinds <= min(self.n_prey, MAX_PREY_KINDS):
+            raise ValueError(f"prey_kinds: must be in [1, min(n_prey, {MAX_PREY_KINDS})] (every kind has a prey), "
+                             f"got {self.prey_kinds} with n_prey {self.n_prey}")
+        if not 0 <= self.paying_kind < self.prey_kinds:
+            raise ValueError(f"paying_kind: must be in [0, prey_kinds - 1 = {self.prey_kinds - 1}], "
+                             f"got {self.paying_kind}")
+        if self.decoy_reward > 0:
+            raise ValueError(f"decoy_reward: must be <= 0, got {self.decoy_reward}")
+        if self.prey_kinds == 1 and self.decoy_reward != 0:
+            raise ValueError(f"decoy_reward: has no effect with prey_kinds 1 (no prey is a decoy); leave it 0, "
+                             f"got {self.decoy_reward}")
+
+    def prey_kind(self, prey: int) -> int:
+        """The kind of prey ``prey`` (fixed by its index, so that state sizes stay fixed)."""
+        return prey * self.prey_kinds // self.n_prey
+
+    @property
+    def paying_prey(self) -> int:
+        """Prey of the paying kind (all prey with one kind)."""
+        return sum(self.prey_kind(i) == self.paying_kind for i in range(self.n_prey))
 
     @property
     def capturable_prey(self) -> int:
-        """Most prey a team can capture in one episode (each capture freezes its catchers)."""
-        return min(self.n_prey, self.n_agents // self.catchers_required)
+        """Most paying prey a team can capture in one episode (each capture freezes its catchers)."""
+        return min(self.paying_prey, self.n_agents // self.catchers_required)
 
 
 class PredatorPreyEnv(BatchedEnv):
@@ -186,7 +236,17 @@ class PredatorPreyEnv(BatchedEnv):
         "simultaneously; see ctmarl/envs/predator_prey.py"
     )
 
-    interpolable = ("miscapture_punishment", "capture_reward")
+    interpolable = ("miscapture_punishment", "capture_reward", "decoy_reward")
+
+    @classmethod
+    def notes_for(cls, settings: PredatorPreySettings) -> str:
+        """The record's notes: with prey kinds, also which kind pays and how the score counts."""
+        if settings.prey_kinds == 1:
+            return cls.record_notes
+        return (f"{cls.record_notes}. {settings.prey_kinds} prey kinds (prey i is of kind i * prey_kinds // "
+                "n_prey); only the paying kind's captures pay capture_reward and count in the score, "
+                "captured paying prey / min(paying prey, n_agents // catchers_required); a decoy's "
+                "capture pays decoy_reward and freezes its catchers")
 
     def set_settings(self, settings: PredatorPreySettings) -> None:
         """Rewards only (``interpolable``): the world's sizes and rules stay as built."""
@@ -201,10 +261,11 @@ class PredatorPreyEnv(BatchedEnv):
         self.n_agents, self.n_prey, self.grid_size = s.n_agents, s.n_prey, s.grid_size
         self.n_cells = s.grid_size**2
         self.window_cells = (2 * s.sight_range + 1) ** 2
+        self.n_channels = 2 + s.prey_kinds  # other agents, prey of each kind, outside the grid
         self._info = EnvInfo(
             n_agents=s.n_agents,
-            obs_dim=N_CHANNELS * self.window_cells,
-            state_dim=3 * (s.n_agents + s.n_prey),
+            obs_dim=self.n_channels * self.window_cells,
+            state_dim=3 * (s.n_agents + s.n_prey) + (s.n_prey * s.prey_kinds if s.prey_kinds > 1 else 0),
             n_actions=N_ACTIONS,
             episode_limit=s.episode_limit,
         )
@@ -224,8 +285,9 @@ class PredatorPreyEnv(BatchedEnv):
     def _build_tables(self) -> None:
         g, r, dev = self.grid_size, self.settings.sight_range, self.device
         n, p, cells = self.n_agents, self.n_prey, self.n_cells
-        # Occupancy grids have two extra columns: OUTSIDE (code 3, what the window shows beyond the
-        # walls) and BLANK (always 0: where absent entities are scattered, what frozen agents see).
+        # Occupancy grids have two extra columns: OUTSIDE (code 2 + prey_kinds, what the window shows
+        # beyond the walls) and BLANK (always 0: where absent entities are scattered, what frozen
+        # agents see).
         self._outside, self._blank = cells, cells + 1
         rows = torch.arange(g).repeat_interleave(g)
         cols = torch.arange(g).repeat(g)
@@ -253,12 +315,20 @@ class PredatorPreyEnv(BatchedEnv):
         window = torch.where(win_inside, win_r * g + win_c, self._outside)
         window[:, self.window_cells // 2] = self._blank
         self._window = torch.cat([window, torch.full((1, self.window_cells), self._blank)]).to(dev)
-        #: [4, 3] grid code (0 empty, 1 agent, 2 prey, 3 outside) -> observation channels
-        self._code_channels = torch.cat([torch.zeros(1, N_CHANNELS), torch.eye(N_CHANNELS)]).to(dev)
+        #: [C + 1, C] grid code (0 empty, 1 agent, 2 + k prey of kind k, C = 2 + prey_kinds
+        #: outside) -> observation channels (code c sets channel c - 1)
+        c = self.n_channels
+        self._code_channels = torch.cat([torch.zeros(1, c), torch.eye(c)]).to(dev)
         template = torch.zeros(self.num_envs, cells + 2, dtype=torch.long, device=dev)
-        template[:, self._outside] = 3
+        template[:, self._outside] = c
         self._grid_template = template
-        self._codes = torch.tensor([1] * n + [2] * p, device=dev).expand(self.num_envs, -1)
+        #: [P] each prey's kind (fixed by its index), [P] whether it pays, [P, K] its one-hot kind
+        self._prey_kind = torch.tensor([self.settings.prey_kind(i) for i in range(p)], device=dev)
+        self._paying = self._prey_kind == self.settings.paying_kind
+        self._paying_count = self.settings.paying_prey
+        self._kind_onehot = torch.eye(self.settings.prey_kinds, device=dev)[self._prey_kind]
+        self._codes = torch.cat([torch.ones(n, dtype=torch.long, device=dev),
+                                 2 + self._prey_kind]).expand(self.num_envs, -1)
         #: [cells + 2, 3] state features (row / (G-1), col / (G-1), 1); zeros for absent entities
         features = torch.stack([rows.float() / max(g - 1, 1), cols.float() / max(g - 1, 1),
                                 torch.ones(cells)], 1)
@@ -369,7 +439,12 @@ class PredatorPreyEnv(BatchedEnv):
         n_catching = torch.stack(counts, 1)  # [E, P] in processing order
         captured = n_catching >= s.catchers_required
         miscaught = (n_catching > 0) & ~captured
-        reward = s.capture_reward * captured.sum(1) + s.miscapture_punishment * miscaught.sum(1)
+        if s.prey_kinds == 1:
+            reward = s.capture_reward * captured.sum(1) + s.miscapture_punishment * miscaught.sum(1)
+        else:  # a capture pays only for the paying kind; a decoy's capture pays decoy_reward
+            paying = _lookup(self._paying, order)  # [E, P] in processing order
+            reward = (s.capture_reward * (captured & paying).sum(1) + s.decoy_reward * (captured & ~paying).sum(1)
+                      + s.miscapture_punishment * miscaught.sum(1))
         active = active & ~frozen
         alive = alive & ~torch.zeros_like(captured).scatter_(1, order, captured)
         self.cell = torch.cat([agent_cell, prey_cell], 1)
@@ -389,8 +464,11 @@ class PredatorPreyEnv(BatchedEnv):
 
         # 4. Episode end and score.
         observation = self._observe()
-        captured_total = p - alive.sum(1)
-        terminated = (captured_total == p) | ~active.any(1)
+        if s.prey_kinds == 1:
+            captured_total, catchable = p - alive.sum(1), p
+        else:  # only the paying kind counts; the episode ends when nothing is left to earn
+            captured_total, catchable = (~alive & self._paying).sum(1), self._paying_count
+        terminated = (captured_total == catchable) | ~active.any(1)
         truncated = (self.t >= s.episode_limit) & ~terminated
         score = captured_total.float() / s.capturable_prey
         return StepResult(*observation, reward=reward.float(), terminated=terminated,
@@ -426,7 +504,8 @@ class PredatorPreyEnv(BatchedEnv):
         return mix32(self._copy_hash ^ ((t * _STEP_MUL) & _MASK32))
 
     def _occupancy(self) -> torch.Tensor:
-        """[E, cells + 2] codes: 0 empty, 1 active agent, 2 live prey; then OUTSIDE = 3, BLANK = 0."""
+        """[E, cells + 2] codes: 0 empty, 1 active agent, 2 + k live prey of kind k; then OUTSIDE =
+        2 + prey_kinds, BLANK = 0."""
         grid = self._grid_template.clone()
         grid.scatter_(1, torch.where(self.present, self.cell, self._blank), self._codes)
         grid[:, self._blank] = 0
@@ -439,14 +518,19 @@ class PredatorPreyEnv(BatchedEnv):
         active, alive = self.present[:, :n], self.present[:, n:]
         agent_row = torch.where(active, agent_cell, self.n_cells)  # frozen: the all-BLANK row
         seen = grid.gather(1, _lookup(self._window, agent_row).view(e, n * k))
-        obs = _lookup(self._code_channels, seen).view(e, n, N_CHANNELS * k)
+        obs = _lookup(self._code_channels, seen).view(e, n, self.n_channels * k)
 
         pair = prey_cell[:, :, None] * self.n_cells + agent_cell[:, None, :]
         self._catch_adjacent = _lookup(self._neighbours, pair) & alive[:, :, None] & active[:, None, :]
         avail = _lookup(self._avail, agent_row)  # [E, N, A]
         avail[:, :, CATCH] = self._catch_adjacent.any(1)
 
-        state = _lookup(self._state_features, torch.where(self.present, self.cell, self._blank)).view(e, -1)
+        state = _lookup(self._state_features, torch.where(self.present, self.cell, self._blank))
+        if self.settings.prey_kinds == 1:
+            state = state.view(e, -1)
+        else:  # each prey's entry ends with its one-hot kind (zeros once captured)
+            prey_state = torch.cat([state[:, n:], self._kind_onehot * alive[:, :, None]], 2)
+            state = torch.cat([state[:, :n].reshape(e, -1), prey_state.view(e, -1)], 1)
         return Observation(obs, state, avail)
 
     # --- inspection (tests, rendering) ----------------------------------------------------------
@@ -472,10 +556,17 @@ class PredatorPreyEnv(BatchedEnv):
         cell = self.cell[:, self.n_agents :]
         return torch.stack([cell // self.grid_size, cell % self.grid_size], -1)
 
+    @property
+    def prey_kind(self) -> torch.Tensor:
+        """[P] the kind of every prey (the same in every copy and episode)."""
+        return self._prey_kind
+
     def render_text(self, copy: int = 0) -> str:
-        """The grid of one copy as text: ``A`` active agent, ``P`` live prey, ``.`` empty."""
+        """The grid of one copy as text: ``A`` active agent, ``P`` live prey (with several kinds:
+        the kind's hexadecimal digit), ``.`` empty."""
         grid = self._occupancy()[copy, : self.n_cells].view(self.grid_size, self.grid_size).tolist()
-        return "\n".join("".join(".AP"[c] for c in row) for row in grid)
+        symbols = ".A" + ("P" if self.settings.prey_kinds == 1 else "0123456789abcdef"[: self.settings.prey_kinds])
+        return "\n".join("".join(symbols[c] for c in row) for row in grid)
 
 
 def _wins(target: torch.Tensor, contending: torch.Tensor, priority: torch.Tensor) -> torch.Tensor:
