@@ -111,6 +111,16 @@ def masked_max(q: torch.Tensor, avail_actions: torch.Tensor) -> torch.Tensor:
     return torch.where(avail_actions.any(-1), best, torch.zeros_like(best))
 
 
+def flatten_recurrent(module: nn.Module) -> None:
+    """Put every recurrent layer's weights of ``module`` back into one flat buffer (a no-op on CPU).
+
+    ``copy.deepcopy`` clones each parameter on its own, so a copied ``nn.GRU`` on CUDA no longer
+    has the single weight buffer cuDNN wants: it would warn and compact the weights on every call."""
+    for sub in module.modules():
+        if isinstance(sub, nn.RNNBase):
+            sub.flatten_parameters()
+
+
 class ValueFactorisationLearner(nn.Module):
     """Recurrent agents + a mixer, trained by the TD update above. Subclasses add the mixer."""
 
@@ -125,6 +135,7 @@ class ValueFactorisationLearner(nn.Module):
         self.to(self.device)
         self.target_agent = copy.deepcopy(self.agent).requires_grad_(False)
         self.target_mixer = copy.deepcopy(self.mixer).requires_grad_(False)
+        flatten_recurrent(self.target_agent)
         self.optimizer = self.make_optimizer()
         self.replay = EpisodeReplay(config.buffer_episodes, self.device)
         self.sample_generator = torch.Generator(device=self.device)

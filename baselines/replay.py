@@ -61,8 +61,10 @@ class EpisodeReplay:
         if self.storage is not None:
             if self.size == self.capacity:
                 stored = self.storage._asdict()
-            else:  # a clone, so that only these rows are saved, not the whole underlying storage
-                stored = {name: t[: self.size].clone() for name, t in self.storage._asdict().items()}
+            else:  # a copy, so that only these rows are saved, not the whole underlying storage
+                # (off the CPU straight to host memory: no second replay-sized buffer on the GPU)
+                stored = {name: t[: self.size].clone() if t.device.type == "cpu" else t[: self.size].cpu()
+                          for name, t in self.storage._asdict().items()}
         return {"capacity": self.capacity, "size": self.size, "cursor": self.cursor, "storage": stored}
 
     def load_state_dict(self, state: dict) -> None:

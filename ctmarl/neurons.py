@@ -134,9 +134,11 @@ class StagnationTracker:
     def state_dict(self) -> dict:
         return {"beta": self.beta, "ema": {k: v.clone() for k, v in self.ema.items()}}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, device: torch.device | None = None) -> None:
+        """Restore :meth:`state_dict`; ``device``: where the EMAs go (a checkpoint is read onto
+        the CPU, and the ratios they are updated with live on the learner's device)."""
         self.beta = state["beta"]
-        self.ema = {k: v.clone() for k, v in state["ema"].items()}
+        self.ema = {k: v.clone() if device is None else v.to(device, copy=True) for k, v in state["ema"].items()}
 
 
 @dataclass(frozen=True)

@@ -224,8 +224,11 @@ class PlasticityProbe:
         return {"batch": None if self.batch is None else tuple(self.batch), "fresh": self.fresh,
                 "per_task": {k: list(v) for k, v in self.per_task.items()}}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | None = None) -> None:
+        """Restore :meth:`state_dict`; ``device``: the learner's (a checkpoint is read onto the
+        CPU; the batch and the targets drawn for it must be where the learner is)."""
         if state["batch"] is not None:
-            self._set_batch(EpisodeBatch(*state["batch"]))
+            batch = EpisodeBatch(*state["batch"])
+            self._set_batch(batch if device is None else batch.to(device))
         self.fresh = state["fresh"]
         self.per_task = {k: list(v) for k, v in state["per_task"].items()}

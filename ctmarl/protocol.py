@@ -95,6 +95,10 @@ def rollout(env: BatchedEnv, learner: Learner, epsilon: float, generator: torch.
         score = torch.where(active & ended, step.score, score)
         active = active & ~ended
         last_actions = chosen
+        # One host sync per step on a GPU, kept on purpose: where the rollout stops decides how many
+        # draws ε-greedy takes from the exploration generator, so checking every k steps would
+        # change every record; and with kernels this small the GPU is only a few launches behind the
+        # host, so the wait is short.
         if not bool(active.any()):
             break
     batch = EpisodeBatch(obs, state, avail, actions, reward, terminated, mask)
@@ -417,11 +421,11 @@ class Training:
         self.method.load_state_dict(state["method"])
         self.learner.load_checkpoint_state(state["learner"])
         if self.monitor is not None:
-            self.monitor.tracker.load_state_dict(state["neuron_tracker"])
+            self.monitor.tracker.load_state_dict(state["neuron_tracker"], self.learner.device)
         self.explore_generator.set_state(state["explore_generator"])
         self.evaluator.load_state_dict(state["evaluator"])
         if self.probe is not None:
-            self.probe.load_state_dict(state["probe"])
+            self.probe.load_state_dict(state["probe"], self.learner.device)
         self.result = RunResult(**state["result"])
         self.result.resumed_at_env_steps.append(self.result.env_steps)
         self._wall_time_before = self.result.wall_time_s

@@ -235,7 +235,7 @@ class Knife(Method):
             self._grow(event["group"], placeholder_composite(online, torch.tensor(event["neurons"])))
         self.events = [dict(event) for event in state["events"]]
         self.generator.set_state(state["generator"])
-        self.tracker.load_state_dict(state["tracker"])
+        self.tracker.load_state_dict(state["tracker"], self.learner.device)
         self.task, self.updates = state["task"], state["updates"]
 
     def summary(self) -> dict[str, Any]:
