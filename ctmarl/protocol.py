@@ -317,8 +317,7 @@ class Training:
     def _collect_and_update(self, task: Task) -> int:
         """One collection of episodes, its updates, and the evaluations it reaches; returns its env steps."""
         position, result, learner, monitor = self.position, self.result, self.learner, self.monitor
-        if self.transition is not None and task.index > 0:
-            self._transition_settings(task)
+        self._transition_settings(task)
         collected = rollout(self.env, learner, learner.epsilon(position.explore_steps), self.explore_generator)
         if self.probe is not None:
             self.probe.offer_batch(collected.batch)
@@ -355,7 +354,10 @@ class Training:
 
     def _transition_settings(self, task: Task) -> None:
         """Blend the training env's settings from the previous task's towards ``task``'s (see
-        :class:`ctmarl.scenario.Transition`); from the end of the transition on, ``task``'s own."""
+        :class:`ctmarl.scenario.Transition`); from the end of the transition on, ``task``'s own.
+        Nothing to do with abrupt switches, or on the first task (there is no previous one)."""
+        if self.transition is None or task.index == 0:
+            return
         previous = self.tasks[task.index - 1]
         span = self.transition.share * self.budget
         alpha = min(self.position.task_steps / span, 1.0)
@@ -434,8 +436,7 @@ class Training:
         if self.position.task_started:
             task = self.tasks[self.position.task]
             self.env = self._make_env(task)
-            if self.transition is not None and task.index > 0:
-                self._transition_settings(task)
+            self._transition_settings(task)
             self.env.load_state_dict(state["env"])
         # Last: nothing above may draw from torch's global generator after it is restored.
         set_global_rng_state(state["global_rng"], self.learner.device)
