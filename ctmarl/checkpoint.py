@@ -191,33 +191,45 @@ class CheckpointWriter:
 
 
 class InterruptRequest:
-    """Set by Ctrl-C while a run can checkpoint; the runner stops at its next safe point."""
+    """Set by Ctrl-C (SIGINT) or SIGTERM while a run can checkpoint; the runner stops at its next
+    safe point. ``signal_name`` says which signal asked first."""
 
     def __init__(self) -> None:
         self.requested = False
+        self.signal_name = "SIGINT"
 
 
 @contextlib.contextmanager
 def deferred_interrupts() -> Iterator[InterruptRequest]:
-    """Turn the first Ctrl-C (SIGINT) into a request the runner honours between two collections,
-    where its state is consistent and can be checkpointed; a second Ctrl-C stops at once.
+    """Turn the first Ctrl-C (SIGINT) or SIGTERM into a request the runner honours between two
+    collections, where its state is consistent and can be checkpointed; a second Ctrl-C stops at
+    once. SIGTERM is what cluster schedulers and Ray send before killing a job: it never
+    escalates, so a job that gets it twice (from the scheduler and from its parent) still
+    checkpoints.
 
-    Only in the main thread (the only one signals reach) and only where SIGINT still has
-    Python's default handler, so a host application's own handling is left alone.
+    Only in the main thread (the only one signals reach), and for each signal only where it still
+    has Python's default handling, so a host application's own handlers (and a SIGINT that a
+    non-interactive shell ignores for background jobs) are left alone.
     """
     request = InterruptRequest()
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    if threading.current_thread() is not threading.main_thread():
         yield request
         return
 
     def handle(signum, frame) -> None:
-        if request.requested:
+        if request.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        if not request.requested:
+            request.signal_name = signal.Signals(signum).name
         request.requested = True
 
-    previous = signal.signal(signal.SIGINT, handle)
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    previous = {}
+    for signum, default in defaults.items():
+        if signal.getsignal(signum) is default:
+            previous[signum] = signal.signal(signum, handle)
     try:
         yield request
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

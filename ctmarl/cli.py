@@ -22,9 +22,15 @@ from pathlib import Path
 import click
 
 from ctmarl.errors import CtmarlError, RunInterrupted, shorten
+from ctmarl.progress import DEFAULT_EVERY_SECONDS as DEFAULT_PROGRESS_SECONDS
+from ctmarl.progress import ProgressLines
+from ctmarl.runlog import parse_loggers, require_loggers
 from ctmarl.registry import LEARNERS, METHODS
 from ctmarl.scenario import TIER_NAMES, make_scenario, scenario_names
 from ctmarl.sweep import EXECUTORS
+
+#: Seconds between the progress lines of each run of a sweep.
+SWEEP_PROGRESS_SECONDS = 60.0
 
 
 #: Click's own ways of ending a command (usage errors, --help, exit codes): not ours to report.
@@ -57,7 +63,7 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except RunInterrupted as exc:
             click.echo(str(exc), err=True)
-            sys.exit(130)
+            sys.exit(exc.exit_status)
         except CtmarlError as exc:
             click.echo(f"error: {shorten(exc, 2000)}", err=True)
             sys.exit(2)
@@ -179,9 +185,17 @@ def list_command() -> None:
                    "10 minutes of training; 0 = never]. Ctrl-C also writes one.")
 @click.option("--resume", is_flag=True,
               help="Continue the run from its checkpoint in --out (start afresh if there is none).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--log", "log", default="csv", show_default=True,
+              help="Live logs beside each record, comma-separated: csv (<stem>.progress.csv), tensorboard "
+                   "(<stem>.tb/; pip install tensorboard), wandb (offline unless configured; pip install "
+                   "wandb); none for no log.")
+@click.option("--progress-every", type=click.FloatRange(min=0), default=None,
+              help="Seconds between plain progress lines on stderr [default: a progress bar on a terminal, "
+                   f"else a line every {DEFAULT_PROGRESS_SECONDS:.0f} s; sweeps: every {SWEEP_PROGRESS_SECONDS:.0f} s "
+                   "per run].")
+@click.option("--quiet", is_flag=True, help="Print nothing but errors: no progress, no summary.")
 def evaluate(algo, method_config, scenario, tier, seed, learner, sweep_file, workers, executor, address, threads,
-             retries, out, device, neuron_every, checkpoint_every, resume, quiet) -> None:
+             retries, out, device, neuron_every, checkpoint_every, resume, log, progress_every, quiet) -> None:
     """Run one method on one scenario tier and write its run record; or a sweep of several.
 
     A sweep (several values of an axis, or --sweep FILE) is validated whole before any run
@@ -194,6 +208,8 @@ def evaluate(algo, method_config, scenario, tier, seed, learner, sweep_file, wor
 
     if sweep_file is None and not scenario:
         raise click.UsageError("Missing option '--scenario' (or a sweep file: --sweep FILE).")
+    loggers = parse_loggers(log)
+    require_loggers(loggers)
     axes = (scenario, algo, tier, learner, seed)
     if sweep_file is not None or any(len(v) > 1 for v in axes) or executor not in (None, "inline") or (workers or 1) > 1:
         ctx = click.get_current_context()
@@ -201,21 +217,29 @@ def evaluate(algo, method_config, scenario, tier, seed, learner, sweep_file, wor
         if sweep_file is not None:  # the options given on the command line override the file's keys
             values = {key: value for key, value in values.items()
                       if ctx.get_parameter_source(_SWEEP_OPTIONS[key]) is click.core.ParameterSource.COMMANDLINE}
-        _sweep(sweep_file, values, out, executor, workers, address, threads, retries, quiet)
+        every = None if quiet else (SWEEP_PROGRESS_SECONDS if progress_every is None else progress_every)
+        _sweep(sweep_file, values, out, executor, workers, address, threads, retries, quiet, loggers, every)
         return
     (algo,), (scenario,), (tier,), (seed,), (learner,) = algo, scenario, tier, seed, learner
     configure_process(threads)
     spec = RunSpec(scenario=scenario, algo=algo, tier=tier, learner=learner, seed=seed, device=device,
                    neuron_every_updates=neuron_every, method_config=method_config)
     # every bad input (including a corrupt or foreign checkpoint) fails here, before anything is printed
-    prepared = prepare(spec, out, resume=resume, checkpoint_every=checkpoint_every)
+    prepared = prepare(spec, out, resume=resume, checkpoint_every=checkpoint_every, log=loggers)
     if resume and not prepared.resumed_env_steps:
         click.echo(f"note: no checkpoint at {prepared.checkpoint_path}: starting from the beginning", err=True)
+    n_tasks = prepared.scenario.n_tasks
+    label = f"{prepared.scenario.id} {tier} {learner}+{algo} seed {seed}"
+    if not quiet and prepared.training.log is not None:
+        click.echo("logging to " + ", ".join(str(p) for p in prepared.training.log.paths.values()), err=True)
     if quiet:
         record, path = execute(prepared)
+    elif progress_every is not None or not _is_terminal(sys.stderr):
+        lines = ProgressLines(label, prepared.total_env_steps, n_tasks, done=prepared.resumed_env_steps,
+                              every_s=DEFAULT_PROGRESS_SECONDS if progress_every is None else progress_every,
+                              echo=lambda text: click.echo(text, err=True))
+        record, path = execute(prepared, progress=lines)
     else:
-        n_tasks = prepared.scenario.n_tasks
-        label = f"{prepared.scenario.id} {tier} {learner}+{algo} seed {seed}"
         with click.progressbar(length=prepared.total_env_steps, label=label, file=sys.stderr,
                                item_show_func=lambda text: text, show_pos=True) as bar:
             bar.update(prepared.resumed_env_steps)
@@ -223,7 +247,8 @@ def evaluate(algo, method_config, scenario, tier, seed, learner, sweep_file, wor
                 bar.update(steps, f"task {task_index + 1}/{n_tasks} {task_name} score {score:.2f}")
 
             record, path = execute(prepared, progress=progress)
-    _print_summary(record, path)
+    if not quiet:
+        _print_summary(record, path)
 
 
 #: The keys of a sweep (ctmarl.sweep.SweepSpec) and the evaluate options that give them.
@@ -232,7 +257,15 @@ _SWEEP_OPTIONS = {"scenarios": "scenario", "algos": "algo", "tiers": "tier", "le
                   "method_config": "method_config"}
 
 
-def _sweep(sweep_file, values, out, executor, workers, address, threads, retries, quiet) -> None:
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _sweep(sweep_file, values, out, executor, workers, address, threads, retries, quiet, loggers,
+           progress_every) -> None:
     """The sweep form of ``evaluate``: validate everything, then run what is not done yet."""
     from ctmarl.config import from_mapping
     from ctmarl.sweep import FAILED, INTERRUPTED, SweepSpec, load_sweep_file, make_executor, plan, run_sweep
@@ -267,7 +300,8 @@ def _sweep(sweep_file, values, out, executor, workers, address, threads, retries
     try:
         report = run_sweep(runs, out, runner, on_done=done,
                            on_skip=lambda run: line("skipped", run.label, f"valid record {run.record_path}"),
-                           on_note=lambda run, note: click.echo(f"note: {run.label}: {note}", err=True))
+                           on_note=lambda run, note: click.echo(f"note: {run.label}: {note}", err=True),
+                           log=loggers, progress_every=progress_every)
     except KeyboardInterrupt:
         click.echo("sweep interrupted: run the same command again to continue (finished runs are skipped, "
                    "interrupted ones resume from their checkpoints)", err=True)
@@ -402,7 +436,7 @@ def validity_command(scenario, tier, records_dir, seeds, learner, workers, threa
                 click.echo(f"  {outcome.status:<11} {outcome.label}  {detail}")
 
             try:
-                report = run_sweep(runs, records_dir, runner, on_done=done)
+                report = run_sweep(runs, records_dir, runner, on_done=done, progress_every=SWEEP_PROGRESS_SECONDS)
             except KeyboardInterrupt:
                 click.echo("interrupted: run the same command again to continue", err=True)
                 sys.exit(130)
@@ -444,6 +478,15 @@ def validate_method_command(method, method_config, learners, updates_per_task) -
     if not report.ok:
         first = report.failures[0]
         raise CtmarlError(f"{method}: {len(report.failures)} check(s) failed; first: {first.name}: {first.detail}")
+
+
+def _register_export() -> None:
+    from ctmarl.export import export_command
+
+    main.add_command(export_command)
+
+
+_register_export()
 
 
 def _print_summary(record: dict, path: Path | None) -> None:

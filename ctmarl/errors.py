@@ -32,7 +32,19 @@ class NonFiniteLossError(CtmarlError):
 
 
 class RunInterrupted(CtmarlError):
-    """The user interrupted a run (Ctrl-C); a checkpoint was written if the run had a place for one."""
+    """The user (Ctrl-C) or a scheduler (SIGTERM) interrupted a run; a checkpoint was written if the
+    run had a place for one. ``signal_name`` is the signal that asked; the CLI exits with
+    128 + its number (130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, message: str, signal_name: str = "SIGINT"):
+        super().__init__(message)
+        self.signal_name = signal_name
+
+    @property
+    def exit_status(self) -> int:
+        import signal
+
+        return 128 + int(getattr(signal, self.signal_name, signal.SIGINT))
 
 
 def shorten(text: object, limit: int = 80) -> str:

@@ -22,6 +22,7 @@ from ctmarl.record import (
     SCHEMA_VERSION, config_hash, ensure_writable, provenance, record_filename, seal, write_record,
 )
 from ctmarl.registry import LEARNERS, METHODS
+from ctmarl.runlog import DEFAULT_LOGGERS, RunLog, require_loggers
 from ctmarl.scenario import make_scenario
 
 
@@ -78,7 +79,7 @@ class PreparedRun:
 
 
 def prepare(spec: RunSpec, out: Path | None, *, resume: bool = False,
-            checkpoint_every: int | None = None) -> PreparedRun:
+            checkpoint_every: int | None = None, log: tuple[str, ...] = DEFAULT_LOGGERS) -> PreparedRun:
     """Resolve names, check configs, device and output folder, seed, build learner and method.
 
     With an output folder the run writes a checkpoint to :func:`checkpoint_path` every
@@ -86,7 +87,11 @@ def prepare(spec: RunSpec, out: Path | None, *, resume: bool = False,
     training; 0: never) and on Ctrl-C. ``resume`` continues from that checkpoint when
     there is one (and starts from the beginning when there is none); without ``resume`` an
     existing checkpoint is an error, so an interrupted run is never overwritten by accident.
+
+    ``log``: the live loggers (:mod:`ctmarl.runlog`) writing beside the record; with an output
+    folder only. A logger whose package is missing fails here, before anything is written.
     """
+    require_loggers(log)
     scenario = make_scenario(spec.scenario)
     tier = scenario.tier(spec.tier)
     device = resolve_device(spec.device)
@@ -102,6 +107,13 @@ def prepare(spec: RunSpec, out: Path | None, *, resume: bool = False,
     prepared.training = Training(scenario, spec.tier, learner, method, spec.seed, spec.neuron_every_updates)
     if out is not None:
         _prepare_checkpoints(prepared, resume, checkpoint_every)
+        if log:
+            training = prepared.training
+            prepared.training.log = RunLog(
+                log, Path(out), prepared.checkpoint_path.stem,
+                resume_rows=training.position.log_rows if prepared.resumed_env_steps else None,
+                resume_env_steps=prepared.resumed_env_steps,
+                config={k: v for k, v in (prepared.identity or {}).items() if k != "config_hash"})
     return prepared
 
 
@@ -179,8 +191,12 @@ def execute(prepared: PreparedRun, progress: ProgressFn | None = None) -> tuple[
     if prepared.checkpoint_path is not None and prepared.checkpoint_every != 0:
         writer = CheckpointWriter(prepared.checkpoint_path, prepared.identity, prepared.checkpoint_every,
                                   last_env_steps=prepared.resumed_env_steps or None)
-    with deferred_interrupts() if writer is not None else contextlib.nullcontext() as interrupt:
-        result = training.train(progress, writer, interrupt)
+    try:
+        with deferred_interrupts() if writer is not None else contextlib.nullcontext() as interrupt:
+            result = training.train(progress, writer, interrupt)
+    finally:
+        if training.log is not None:
+            training.log.close()
     record = build_record(spec, prepared.scenario, prepared.learner, prepared.method, result)
     if prepared.out is None:
         return record, None
@@ -212,12 +228,13 @@ def evaluate(
     *,
     resume: bool = False,
     checkpoint_every: int | None = None,
+    log: tuple[str, ...] = DEFAULT_LOGGERS,
 ) -> tuple[dict[str, Any], Path | None]:
     """Run ``spec`` and write its record into ``out`` (if given). Returns (record, path).
 
-    Checkpoints (``checkpoint_every`` env steps) and ``resume``: see :func:`prepare`.
+    Checkpoints (``checkpoint_every`` env steps), ``resume`` and live logs (``log``): see :func:`prepare`.
     """
-    return execute(prepare(spec, out, resume=resume, checkpoint_every=checkpoint_every), progress)
+    return execute(prepare(spec, out, resume=resume, checkpoint_every=checkpoint_every, log=log), progress)
 
 
 def run_identity(spec: RunSpec, scenario, learner, method) -> dict[str, Any]:

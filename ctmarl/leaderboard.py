@@ -12,8 +12,15 @@ Layout (``ctmarl leaderboard build`` and ``check`` default to the folder ``leade
 or the build fails naming the file (nothing is skipped silently; any other file but a
 ``README.md`` or a dotfile is an error too):
 
-- it loads and validates (:func:`ctmarl.record.load_record`: schema version, required keys,
-  ``content_hash`` over the content, ``config_hash`` over scenario/learner/method/seed, shapes);
+- it loads and validates (:func:`ctmarl.record.load_record`): schema version, required keys and
+  the type of every field (a bool is not a number, a seed is an integer), ``content_hash`` over
+  the content and ``config_hash`` over scenario/learner/method/seed; every score in curves, R and
+  metrics within [0, 1] (forgetting within [-1, 1]) and finite; curves consistent (columns of one
+  length, tasks 0..K-1 in order each evaluated, env steps never decreasing, R K x K with R[k][k]
+  task k's last evaluation, K = len(tasks)); and every stored metric equal, within 2e-6 (records
+  keep 6 decimals), to its recomputation from curves and R
+  (:meth:`ctmarl.protocol.RunResult.summary`). ``content_hash`` is a plain sha256 anyone can
+  recompute, so it only catches careless edits; the recomputation is what catches edited metrics;
 - its file name is the one ``ctmarl evaluate`` gives it (:func:`ctmarl.record.record_filename`);
 - provenance: ``git_commit`` is a full 40-hex commit and ``git_dirty`` is exactly ``false``. The
   commit is not looked up in the repository: CI clones may be shallow and a submitter's commit may
@@ -21,13 +28,16 @@ or the build fails naming the file (nothing is skipped silently; any other file 
 - its scenario is a standard scenario (``name-vN`` in the registry), with the same definition
   hash as the current definition, and its learner is the registered one with exactly the
   hyperparameters the scenario's tier prescribes, and its method ran with its shipped defaults
-  (no ``method.variant``): no entry is scored on a private variant.
+  (no ``method.variant``): no entry is scored on a private variant; its ``tasks`` are the
+  tier's tasks and each has the scenario's ``evals_per_task`` evaluations.
 No two records may be the same run (same scenario, version, tier, learner, method and seed), and
 all records of one entry must share the method's entry point and config: to compare configs,
 register the variant under its own method name.
 
 **Entries.** Records are grouped by (scenario, version, tier, learner, method); versions, tiers and
-learners never mix. Per entry, with ``scores`` the ``[seeds, tasks]`` array of per-task AUC_k:
+learners never mix. Every number is computed from the records' curves and R, never read from their
+stored ``metrics`` (which admission only checks against the recomputation). Per entry, with
+``scores`` the ``[seeds, tasks]`` array of per-task AUC_k:
 
 - ``auc_iqm``: IQM of ``scores`` (:func:`ctmarl.stats.iqm`), ``auc_iqm_ci95``: its 95% percentile
   stratified-bootstrap CI (10 000 resamples, seed 0; ``n/a`` with one seed);
@@ -42,8 +52,12 @@ learners never mix. Per entry, with ``scores`` the ``[seeds, tasks]`` array of p
   entry's runs of the same scenario, version, tier and learner (:func:`ctmarl.stats.
   probability_of_improvement`; different seed counts are fine; ``none`` itself scores 0.5);
 - ``records``: file and ``content_hash`` of every record it came from.
-Entries are ranked within their table by ``auc_iqm`` (ties share a rank). Numbers are rounded to
-4 decimals, so a rebuild on another machine gives the same text.
+Entries with at least :data:`MIN_RANKED_SEEDS` seeds are ranked within their table by ``auc_iqm``
+(ties share a rank); entries with fewer are listed after them with ``rank: null`` and an
+``unranked`` reason. Tables of the smoke tier (:data:`UNRANKED_TIERS`) are kept, since ``check``
+re-runs their records, but never ranked: their entries are ``unranked_entries`` in
+leaderboard.yaml and sit in a separate "Unranked" section at the end of LEADERBOARD.md. Numbers
+are rounded to 4 decimals, so a rebuild on another machine gives the same text.
 
 **Check** (:func:`check`, run by ``.ci/run``): admit every record, rebuild in memory, fail naming
 the first difference if the committed ``leaderboard.yaml`` or ``LEADERBOARD.md`` differs (so no
@@ -56,6 +70,7 @@ from __future__ import annotations
 import math
 import re
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,22 +81,32 @@ import yaml
 
 from ctmarl import stats, validity
 from ctmarl.config import from_mapping, stable_hash, to_plain
-from ctmarl.errors import CtmarlError, RecordError
-from ctmarl.record import load_record, record_filename, write_text_atomic
+from ctmarl.errors import CtmarlError, RecordError, shorten
+from ctmarl.record import load_record, record_filename, with_recomputed_metrics, write_text_atomic
 from ctmarl.report import SCRATCH_METHOD, continual_summary, find_scratch
 from ctmarl.scenario import TIER_NAMES
 
-SCHEMA_VERSION = 1
+#: 2: smoke-tier entries moved to ``unranked_entries``; one-seed entries have ``rank: null``.
+SCHEMA_VERSION = 2
 RECORDS_DIR = "records"
 YAML_NAME = "leaderboard.yaml"
 MARKDOWN_NAME = "LEADERBOARD.md"
 PLOTS_DIR = "plots"
 #: The reference every entry's probability of improvement is measured against.
 BASELINE_METHOD = "none"
+#: Tiers whose tables are listed but never ranked: smoke runs exist so that ``check`` can re-run
+#: them, and are too short to measure anything.
+UNRANKED_TIERS = ("smoke",)
+#: An entry needs this many seeds for a rank (one seed has no confidence interval).
+MIN_RANKED_SEEDS = 2
 #: Decimal places of the numbers in the generated files.
 DECIMALS = 4
 #: Files under records/ that are not records.
 IGNORED_FILES = ("README.md",)
+#: Live logs ``ctmarl evaluate`` writes beside a record (ctmarl.runlog): skipped, never admitted.
+LOG_SUFFIXES = (".progress.csv",)
+LOG_FOLDER_SUFFIXES = (".tb",)
+LOG_FOLDERS = ("wandb",)
 #: A smoke record re-run by ``check`` matches if every number is within this of the record's:
 #: records keep 6 decimals, so a last-bit difference before rounding moves the 6th decimal by one.
 REPRODUCE_TOLERANCE = 1.5e-6
@@ -104,7 +129,11 @@ class LeaderboardError(CtmarlError):
 
 @dataclass(frozen=True)
 class Admitted:
-    """A record admitted to the leaderboard, with its path relative to the records folder."""
+    """A record admitted to the leaderboard, with its path relative to the records folder.
+
+    ``record`` is the record as loaded except that its metrics are recomputed from its curves and
+    R (:func:`ctmarl.record.with_recomputed_metrics`): every number on the leaderboard comes from
+    them. (:func:`admit` does that; hand-built instances in tests carry their own metrics.)"""
 
     file: str
     record: dict[str, Any]
@@ -129,6 +158,9 @@ def record_files(records_dir: Path) -> list[Path]:
     for path in sorted(records_dir.rglob("*")):
         relative = path.relative_to(records_dir)
         if path.is_dir() or path.name in IGNORED_FILES or any(p.startswith(".") for p in relative.parts):
+            continue
+        if path.name.endswith(LOG_SUFFIXES) or any(
+                p in LOG_FOLDERS or p.endswith(LOG_FOLDER_SUFFIXES) for p in relative.parts[:-1]):
             continue
         if path.suffix != ".yaml":
             raise RecordError(f"{path}: not a run record (records are the .yaml files ctmarl evaluate writes)")
@@ -183,6 +215,16 @@ def check_standard_config(record: Mapping[str, Any], where: str) -> None:
         raise RecordError(f"{where}: learner {learner['name']!r} ran from {learner['entry_point']}, "
                           f"not the registered {entry_point}")
     tier = scenario.tier(s["tier"])
+    task_names = [task.name for task in scenario.tasks(s["tier"])]
+    if record["tasks"] != task_names:
+        raise RecordError(f"{where}: tasks {shorten(record['tasks'])} are not the tasks of {scenario_id} "
+                          f"{s['tier']} ({shorten(task_names)})")
+    evals = scenario.protocol.evals_per_task
+    counts = Counter(record["curves"]["task"])
+    for k, name in enumerate(task_names):
+        if counts[k] != evals:
+            raise RecordError(f"{where}: curves: task {k} ({name}) has {counts[k]} evaluations; {scenario_id} "
+                              f"makes {evals} per task")
     expected = to_plain(from_mapping(cls.Config, dict(tier.learner), f"{scenario.source}: tiers.{s['tier']}.learner"))
     if learner["config"] != expected:
         differing = sorted(k for k in set(expected) | set(learner["config"])
@@ -191,19 +233,9 @@ def check_standard_config(record: Mapping[str, Any], where: str) -> None:
                           f"({', '.join(differing)})")
 
 
-def _check_metrics(record: Mapping[str, Any], where: str) -> None:
-    m = record["metrics"]
-    per_task = m.get("auc_per_task")
-    if not isinstance(per_task, list) or len(per_task) != len(record["tasks"]) or not all(
-            isinstance(v, (int, float)) and math.isfinite(v) for v in per_task):
-        raise RecordError(f"{where}: metrics.auc_per_task must be one finite number per task")
-    for key in ("auc", "performance"):
-        if not isinstance(m.get(key), (int, float)) or not math.isfinite(m[key]):
-            raise RecordError(f"{where}: metrics.{key} must be a finite number")
-
-
 def admit(path: Path, records_dir: Path) -> Admitted:
-    """Load ``path`` and apply every admission rule; raise RecordError naming the file."""
+    """Load ``path`` and apply every admission rule; raise RecordError naming the file. The
+    admitted record's metrics are the ones recomputed from its curves and R."""
     record = load_record(path)
     where = str(path)
     expected_name = record_filename(record)
@@ -211,8 +243,7 @@ def admit(path: Path, records_dir: Path) -> Admitted:
         raise RecordError(f"{where}: named {path.name}, but its content is the run {expected_name}")
     check_provenance(record, where)
     check_standard_config(record, where)
-    _check_metrics(record, where)
-    return Admitted(path.relative_to(records_dir).as_posix(), record)
+    return Admitted(path.relative_to(records_dir).as_posix(), with_recomputed_metrics(record))
 
 
 def admit_all(records_dir: Path) -> list[Admitted]:
@@ -323,6 +354,11 @@ class Board:
     def plot_name(self) -> str:
         return f"{self.scenario}-v{self.version}_{self.tier}_{self.learner}.png"
 
+    @property
+    def ranked(self) -> bool:
+        """Whether this table ranks its entries (no table of an :data:`UNRANKED_TIERS` tier does)."""
+        return self.tier not in UNRANKED_TIERS
+
 
 @dataclass
 class Leaderboard:
@@ -347,18 +383,25 @@ class Leaderboard:
                 "validity": (f"per table, the verdict of `ctmarl validity` (ctmarl/validity.py) from its "
                              f"{BASELINE_METHOD} and {SCRATCH_METHOD} records when >= {validity.MIN_SEEDS} seeds have "
                              "both; null otherwise"),
+                "rank": (f"within a table, by auc_iqm (ties share a rank), for entries with >= {MIN_RANKED_SEEDS} "
+                         "seeds; null for the others, listed after the ranked ones, `unranked` saying why"),
+                "unranked_entries": (f"the entries of {'/'.join(UNRANKED_TIERS)}-tier tables: kept because "
+                                     "`ctmarl leaderboard check` re-runs their records, never ranked"),
+                "metrics": ("every number is computed from the records' curves and R; a record whose stored "
+                            "metrics differ from that recomputation is not admitted"),
             },
             "boards": [{"scenario": b.scenario, "version": b.version, "tier": b.tier, "learner": b.learner,
                         "validity": b.validity} for b in self.boards],
-            "entries": [entry for board in self.boards for entry in board.entries],
+            "entries": [entry for board in self.boards if board.ranked for entry in board.entries],
+            "unranked_entries": [entry for board in self.boards if not board.ranked for entry in board.entries],
         }
 
     def yaml_text(self) -> str:
         data = self.data()
-        entries = data.pop("entries")
+        entries = {key: data.pop(key) for key in ("entries", "unranked_entries")}
         # The explanations in block style, the entries with short lists inline (seeds, CI).
         return (_HEADER + yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=100)
-                + yaml.safe_dump({"entries": entries}, sort_keys=False, default_flow_style=None, width=100))
+                + yaml.safe_dump(entries, sort_keys=False, default_flow_style=None, width=100))
 
     def markdown(self) -> str:
         return render_markdown(self)
@@ -405,19 +448,39 @@ def assemble(admitted: list[Admitted]) -> Leaderboard:
             numbers = {k: _round(v) for k, v in entry_statistics(items, pool, baseline).items()}
             board.entries.append({
                 "scenario": board.scenario, "version": board.version, "tier": board.tier,
-                "learner": board.learner, "method": method, "rank": None,
+                "learner": board.learner, "method": method, "rank": None, "unranked": None,
                 "method_entry_point": items[0].record["method"]["entry_point"],
                 "seeds": [i.seed for i in items],
                 **numbers,
                 "records": [{"file": i.file, "content_hash": i.record["content_hash"]} for i in items],
             })
-        board.entries.sort(key=lambda e: (-e["auc_iqm"], e["method"]))
-        for position, entry in enumerate(board.entries):
-            previous = board.entries[position - 1] if position else None
-            same = previous is not None and previous["auc_iqm"] == entry["auc_iqm"]
-            entry["rank"] = previous["rank"] if same else position + 1
+        rank_entries(board)
         boards.append(board)
     return Leaderboard(boards, len(admitted))
+
+
+def _unranked_reason(board: Board, entry: Mapping[str, Any]) -> str | None:
+    """Why ``entry`` of ``board`` has no rank, or None when it has one."""
+    if not board.ranked:
+        return (f"{board.tier} tier: its records are kept so that `ctmarl leaderboard check` can re-run "
+                "them, not to rank methods")
+    if len(entry["seeds"]) < MIN_RANKED_SEEDS:
+        return f"{len(entry['seeds'])} seed: a rank needs at least {MIN_RANKED_SEEDS}"
+    return None
+
+
+def rank_entries(board: Board) -> None:
+    """Order ``board``'s entries, ranked ones first by ``auc_iqm`` (ties share a rank), then the
+    unranked ones (``rank`` None, ``unranked`` their reason) by ``auc_iqm``."""
+    for entry in board.entries:
+        entry["rank"], entry["unranked"] = None, _unranked_reason(board, entry)
+    board.entries.sort(key=lambda e: (e["unranked"] is not None, -e["auc_iqm"], e["method"]))
+    for position, entry in enumerate(board.entries):
+        if entry["unranked"] is not None:
+            continue
+        previous = board.entries[position - 1] if position else None
+        same = previous is not None and previous["auc_iqm"] == entry["auc_iqm"]
+        entry["rank"] = previous["rank"] if same else position + 1
 
 
 # --- markdown and plots ----------------------------------------------------------------------
@@ -434,6 +497,7 @@ _COLUMNS = ("plasticity_ratio", "forgetting", "probability_of_improvement_over_n
 
 
 def render_markdown(leaderboard: Leaderboard) -> str:
+    unranked_tiers = "/".join(UNRANKED_TIERS)
     lines = [
         "# ctmarl leaderboard",
         "",
@@ -441,37 +505,64 @@ def render_markdown(leaderboard: Leaderboard) -> str:
         "edit by hand: CI (`ctmarl leaderboard check`) rebuilds this file and `leaderboard.yaml` and fails",
         "on any difference. Exact numbers, seeds and the content hash of every record are in",
         "[`leaderboard.yaml`](leaderboard.yaml); how to add a method is in [CONTRIBUTING.md](../CONTRIBUTING.md).",
+        "Every number is computed from the records' curves and R matrices; a record whose stored metrics",
+        "differ from that recomputation, or whose scores leave [0, 1], is refused.",
         "",
         "- **IQM AUC [95% CI]**: interquartile mean of the per-task AUC (mean greedy normalised score over",
         "  a task's evaluations: learning speed) over all seeds × tasks, with a 95% stratified-bootstrap",
-        "  interval (seeds resampled within tasks; needs ≥ 2 seeds). Ranked by it.",
+        "  interval (seeds resampled within tasks; needs ≥ 2 seeds). Ranked by it; entries with fewer than",
+        f"  {MIN_RANKED_SEEDS} seeds are listed after the ranked ones without a rank (–).",
         f"- **performance**: mean final score per task; **PR**: plasticity ratio against `{SCRATCH_METHOD}` with",
         "  the same seeds; **forgetting**: mean drop from a task's best score to its score after the last task.",
         "- **P(> none)**: probability that a run of the method has a higher task AUC than a run of "
         f"`{BASELINE_METHOD}`.",
         "- **Validity**: whether the table's scenario tier measures plasticity loss, by `ctmarl validity` from its",
         f"  `{BASELINE_METHOD}` and `{SCRATCH_METHOD}` records (rules in ctmarl/validity.py; needs ≥ 2 paired seeds).",
+        f"- **Unranked**: {unranked_tiers}-tier tables are listed apart at the end, never ranked: CI re-runs",
+        "  their records to check that runs reproduce; they are too short to compare methods.",
         "",
     ]
     if not leaderboard.boards:
         lines += ["No records yet.", ""]
-    for board in leaderboard.boards:
-        lines += [f"## {board.title}", "", f"![IQM of AUC per method]({PLOTS_DIR}/{board.plot_name})", "",
-                  "| rank | method | seeds | IQM AUC [95% CI] | performance | PR | forgetting | P(> none) |",
-                  "| ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |"]
-        notes = []
-        for e in board.entries:
-            ci = "" if isinstance(e["auc_iqm_ci95"], str) else " " + _cell(e["auc_iqm_ci95"])
-            lines.append(f"| {e['rank']} | `{e['method']}` | {len(e['seeds'])} | {e['auc_iqm']:.3f}{ci} | "
-                         f"{_cell(e['performance_mean'])} | " + " | ".join(_cell(e[c]) for c in _COLUMNS) + " |")
-            notes += [f"- `{e['method']}` {c.replace('_', ' ')}: {e[c].removeprefix('n/a: ')}"
-                      for c in _COLUMNS if isinstance(e[c], str)]
-        if board.validity is not None:
-            lines += ["", f"Validity: {board.validity['verdict']} — {board.validity['reason']}"]
-        if notes:
-            lines += ["", "n/a:", *notes]
-        lines.append("")
+    ranked = [board for board in leaderboard.boards if board.ranked]
+    unranked = [board for board in leaderboard.boards if not board.ranked]
+    for board in ranked:
+        lines += _board_markdown(board, "##")
+    if unranked:
+        lines += [f"## Unranked: {unranked_tiers} tier", "",
+                  "Kept so that `ctmarl leaderboard check` can re-run these records and confirm they reproduce; the",
+                  "runs are too short to measure plasticity, so their entries have no rank.", ""]
+    for board in unranked:
+        lines += _board_markdown(board, "###")
     return "\n".join(lines)
+
+
+def _board_markdown(board: Board, heading: str) -> list[str]:
+    """One table: its heading, plot, rows (a rank column in ranked tables), validity and notes."""
+    columns = "| method | seeds | IQM AUC [95% CI] | performance | PR | forgetting | P(> none) |"
+    rule = "| --- | ---: | --- | ---: | ---: | ---: | ---: |"
+    if board.ranked:
+        columns, rule = "| rank " + columns, "| ---: " + rule
+    lines = [f"{heading} {board.title}", "", f"![IQM of AUC per method]({PLOTS_DIR}/{board.plot_name})", "",
+             columns, rule]
+    notes, unranked = [], []
+    for e in board.entries:
+        ci = "" if isinstance(e["auc_iqm_ci95"], str) else " " + _cell(e["auc_iqm_ci95"])
+        rank = "" if not board.ranked else f"| {'–' if e['rank'] is None else e['rank']} "
+        lines.append(f"{rank}| `{e['method']}` | {len(e['seeds'])} | {e['auc_iqm']:.3f}{ci} | "
+                     f"{_cell(e['performance_mean'])} | " + " | ".join(_cell(e[c]) for c in _COLUMNS) + " |")
+        notes += [f"- `{e['method']}` {c.replace('_', ' ')}: {e[c].removeprefix('n/a: ')}"
+                  for c in _COLUMNS if isinstance(e[c], str)]
+        if board.ranked and e["unranked"] is not None:
+            unranked.append(f"- `{e['method']}`: {e['unranked']}")
+    if board.validity is not None:
+        lines += ["", f"Validity: {board.validity['verdict']} — {board.validity['reason']}"]
+    if unranked:
+        lines += ["", "Unranked:", *unranked]
+    if notes:
+        lines += ["", "n/a:", *notes]
+    lines.append("")
+    return lines
 
 
 def plot_board(board: Board, path: Path) -> Path:
@@ -685,8 +776,8 @@ def check(root: Path | str, reproduce_per_method: int = 1,
             echo("no records, nothing to re-run")
         for item in sample:
             where = records_dir / item.file
-            try:
-                difference = reproduce(item.record)
+            try:  # against the record as stored (item.record's metrics are recomputed ones)
+                difference = reproduce(load_record(where))
             except CtmarlError as exc:
                 raise LeaderboardError(f"{where}: cannot re-run it: {exc} (a plug-in method must be installed "
                                        "for the check; see CONTRIBUTING.md)") from None

@@ -49,6 +49,7 @@ from ctmarl.learner import EpisodeBatch, Learner, NeuronGroup
 from ctmarl.method import Method, MethodContext
 from ctmarl.neurons import GroupSnapshot, NeuronMonitor
 from ctmarl.probe import PlasticityProbe, ProbeSettings
+from ctmarl.runlog import TRAIN_EVERY_UPDATES, RunLog, flatten_numbers
 from ctmarl.scenario import Scenario, Task
 
 #: progress(env_steps_advanced, task_index, task_name, latest_score)
@@ -229,6 +230,9 @@ class Position:
     """Env steps since the ε schedule last restarted."""
     score: float = 0.0
     """Latest greedy score on the current task (for progress)."""
+    log_rows: int = 0
+    """Rows emitted to the live logs so far (see :mod:`ctmarl.runlog`): a resumed run keeps the
+    first this many rows of its CSV log."""
 
 
 class Training:
@@ -263,6 +267,8 @@ class Training:
         self.position = Position()
         self.env: BatchedEnv | None = None  # the current task's training env
         self.checkpoint: CheckpointWriter | None = None
+        #: Live logs (ctmarl.runlog.RunLog); rows are counted whether or not it is set.
+        self.log: RunLog | None = None
         self._wall_time_before = 0.0  # of earlier segments of a resumed run
         self._segment_started = time.perf_counter()
         method.attach(learner, MethodContext(len(self.tasks), self.protocol.announce_task_boundaries, seed))
@@ -289,12 +295,16 @@ class Training:
                     progress(env_steps, task.index, task.name, position.score)
                 stop = interrupt is not None and interrupt.requested
                 if checkpoint is not None and (stop or checkpoint.due(self.result.env_steps)):
+                    if self.log is not None:
+                        self.log.flush()  # the log holds every row the checkpoint counts
                     checkpoint.write(self.state_dict(), self.result.env_steps, self.result.updates)
                 if stop:
                     where = "" if checkpoint is None else f"; checkpoint written to {checkpoint.path}"
+                    by = "" if interrupt.signal_name == "SIGINT" else f" by {interrupt.signal_name}"
                     raise RunInterrupted(
-                        f"interrupted at env step {self.result.env_steps} (task {task.index + 1}/"
-                        f"{len(self.tasks)} {task.name}){where}; run the same command with --resume to continue")
+                        f"interrupted{by} at env step {self.result.env_steps} (task {task.index + 1}/"
+                        f"{len(self.tasks)} {task.name}){where}; run the same command with --resume to continue",
+                        signal_name=interrupt.signal_name)
             self._end_task(task)
         self.result.wall_time_s = self._wall_time()
         if self.probe is not None:
@@ -340,8 +350,16 @@ class Training:
                     monitor.disarm()
                 self._stop_on_non_finite(stats["loss"], task)
             if logging:
-                result.log_neurons(monitor.take(), learner.neuron_groups(), task.index)
+                snapshot = monitor.take()
+                result.log_neurons(snapshot, learner.neuron_groups(), task.index)
+                self._emit("neurons", task.index, {
+                    f"{name}/{key}": getattr(group, key) for name, group in snapshot.items()
+                    for key in ("stagnant_ratio", "dormant_ratio", "grama_ratio")})
             self.method.after_update(result.updates)
+            if result.updates % TRAIN_EVERY_UPDATES == 0:
+                self._emit("train", task.index, {
+                    **{k: float(v) for k, v in stats.items()}, "epsilon": learner.epsilon(position.explore_steps)})
+                self._emit("method", task.index, flatten_numbers(self.method.summary()))
         points = self.eval_points
         while position.next_eval < len(points) and position.task_steps >= points[position.next_eval]:
             score, episode_return = self.evaluator(learner, task.index)
@@ -350,6 +368,7 @@ class Training:
                 result.curves[key].append(value)
             position.score = score
             position.next_eval += 1
+            self._emit("eval", task.index, {"score": score, "return": episode_return})
         return collected.env_steps
 
     def _transition_settings(self, task: Task) -> None:
@@ -392,8 +411,16 @@ class Training:
             self.probe.at_task_end(self.learner)
         if self.protocol.announce_task_boundaries:
             self.method.on_task_end(task.index)
+        self._emit("method", task.index, flatten_numbers(self.method.summary()))
+        self._emit("R", task.index, {f"task_{j}": value for j, value in enumerate(result.R[-1])})
         self.position.task, self.position.task_started = task.index + 1, False
         self.env = None
+
+    def _emit(self, kind: str, task: int, values: dict[str, float]) -> None:
+        """Count rows for the live logs and hand them to them (see :mod:`ctmarl.runlog`)."""
+        self.position.log_rows += len(values)
+        if self.log is not None and values:
+            self.log.write(kind, self.result.env_steps, self.result.updates, task, values)
 
     def _wall_time(self) -> float:
         return self._wall_time_before + time.perf_counter() - self._segment_started

@@ -37,9 +37,12 @@ when they run with the same ``threads`` (records hold it as ``provenance.torch_t
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import multiprocessing
 import os
+import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
@@ -50,6 +53,7 @@ from typing import Any
 
 from ctmarl.config import from_mapping, read_yaml
 from ctmarl.errors import ConfigError, CtmarlError, RecordError, RunInterrupted, UnknownNameError, shorten
+from ctmarl.progress import ProgressLines
 
 EXECUTORS = ("inline", "pool", "ray")
 #: Status of a run in a sweep's report.
@@ -247,6 +251,10 @@ class RunTask:
     out: str
     threads: int | None
     checkpoint_every: int | None
+    #: Live loggers of the run (ctmarl.runlog).
+    log: tuple[str, ...] = ("csv",)
+    #: Seconds between the run's progress lines on stderr (None: none).
+    progress_every: float | None = None
 
 
 @dataclass
@@ -288,12 +296,18 @@ def run_task(task: RunTask) -> RunOutcome:
     The run resumes from its checkpoint when there is one. Its traceback, if it fails, goes to
     ``<record stem>.error.log`` beside where its record would be (removed when it succeeds).
     """
-    from ctmarl.evaluate import evaluate
+    from ctmarl.evaluate import evaluate, prepare, execute
 
     configure_process(task.threads)
     started = time.perf_counter()
     try:
-        record, path = evaluate(task.spec, Path(task.out), resume=True, checkpoint_every=task.checkpoint_every)
+        prepared = prepare(task.spec, Path(task.out), resume=True, checkpoint_every=task.checkpoint_every,
+                           log=task.log)
+        progress = None
+        if task.progress_every is not None:
+            progress = ProgressLines(task.label, prepared.total_env_steps, prepared.scenario.n_tasks,
+                                     done=prepared.resumed_env_steps, every_s=task.progress_every)
+        record, path = execute(prepared, progress)
     except RunInterrupted as exc:
         return RunOutcome(task.index, task.label, INTERRUPTED, error=str(exc),
                           wall_time_s=time.perf_counter() - started)
@@ -389,6 +403,10 @@ class PoolExecutor:
         return [dataclasses.replace(t, threads=self.threads) for t in tasks]
 
     def map(self, tasks: list[RunTask], on_done: OnDone) -> None:
+        with sigterm_as_keyboard_interrupt():
+            self._map(tasks, on_done)
+
+    def _map(self, tasks: list[RunTask], on_done: OnDone) -> None:
         pending = self._tasks(tasks)
         attempts = {t.index: 0 for t in pending}
         while pending:
@@ -397,6 +415,7 @@ class PoolExecutor:
             pool = concurrent.futures.ProcessPoolExecutor(
                 max_workers=min(self.workers, len(pending)), mp_context=context,
                 initializer=_start_worker, initargs=(self.threads,))
+            stopping = True  # until the loop below ends normally
             try:
                 futures = {pool.submit(run_task, task): task for task in pending}
                 for future in concurrent.futures.as_completed(futures):
@@ -411,10 +430,45 @@ class PoolExecutor:
                                 f"{attempts[task.index]} attempt(s)")))
                         else:
                             broken.append(task)
+                stopping = False
             finally:
-                # On Ctrl-C too: the workers got it as well and are checkpointing their runs.
+                if stopping:
+                    # Ctrl-C reached the workers too (one process group); SIGTERM (a scheduler, Ray)
+                    # may have reached only this process: pass it on, so every running run
+                    # checkpoints at its next safe point (SIGTERM never escalates, see
+                    # ctmarl.checkpoint.deferred_interrupts).
+                    _terminate_workers(pool)
                 pool.shutdown(wait=True, cancel_futures=True)
             pending = sorted(broken, key=lambda t: t.index)
+
+
+def _terminate_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        try:
+            if process.is_alive():
+                process.terminate()  # SIGTERM
+        except (OSError, ValueError):
+            pass
+
+
+@contextlib.contextmanager
+def sigterm_as_keyboard_interrupt():
+    """In the main thread, where SIGTERM has its default handling: SIGTERM raises
+    KeyboardInterrupt, so a sweep's parent process stops (and stops its workers) the way Ctrl-C
+    stops it instead of dying at once."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+
+    def handle(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class RayExecutor:
@@ -539,11 +593,15 @@ def run_sweep(
     on_done: OnDone | None = None,
     on_skip: Callable[[PlannedRun], None] | None = None,
     on_note: Callable[[PlannedRun, str], None] | None = None,
+    log: tuple[str, ...] = ("csv",),
+    progress_every: float | None = None,
 ) -> SweepReport:
     """Run the planned runs that have no finished record yet through ``executor``.
 
     ``on_skip`` hears of each run skipped, ``on_note`` of existing records that are not the run's,
     ``on_done`` of each run as it ends. Returns the report of every run (skipped ones included).
+    Each run writes the live logs ``log`` beside its record and, with ``progress_every``, a
+    progress line on stderr at most that often (seconds; see :mod:`ctmarl.progress`).
     """
     from ctmarl.checkpoint import remove_stale_temporaries
     from ctmarl.record import ensure_writable
@@ -561,7 +619,8 @@ def run_sweep(
             continue
         if note is not None and on_note is not None:
             on_note(run, note)
-        tasks.append(RunTask(run.index, run.spec, run.label, str(out), None, run.checkpoint_every))
+        tasks.append(RunTask(run.index, run.spec, run.label, str(out), None, run.checkpoint_every,
+                             log=tuple(log), progress_every=progress_every))
 
     def finished(outcome: RunOutcome) -> None:
         outcomes[outcome.index] = outcome

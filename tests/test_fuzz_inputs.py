@@ -314,7 +314,7 @@ def _resealed_record(tmp_path, edit) -> Path:
     (lambda r: r["metrics"].update(auc="high"), "metrics.auc must be a number, got str 'high'"),
     (lambda r: r["metrics"].update(auc=math.inf), "metrics.auc is not finite"),
     (lambda r: r.update(tasks="M1"), "tasks must be a list"),
-    (lambda r: r["R"][0].__setitem__(0, "x"), r"R[0][...] must be"),
+    (lambda r: r["R"][0].__setitem__(0, "x"), r"R[0][0] must be"),
     (lambda r: r.update(learner=["qmix"]), "learner must be a mapping"),
 ])
 def test_malformed_records_are_named_record_errors(tmp_path, edit, message):

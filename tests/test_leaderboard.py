@@ -7,6 +7,7 @@ rules themselves are never relaxed.
 """
 
 import copy
+import re
 import shutil
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def _rewrite(path, change, reseal=True, name=None):
 
 # --- statistics of entries, by hand --------------------------------------------------------------
 
-def _fake(method, seed, auc_per_task, tier="smoke", learner="qmix", version=1, forgetting=0.1):
+def _fake(method, seed, auc_per_task, tier="quick", learner="qmix", version=1, forgetting=0.1):
     record = {
         "scenario": {"name": "toy", "version": version, "tier": tier},
         "learner": {"name": learner}, "method": {"name": method, "entry_point": f"pkg:{method}"},
@@ -96,7 +97,7 @@ def test_entry_statistics_match_hand_computed_values():
     assert x["plasticity_ratio"] == 0.85
     assert x["forgetting"] == 0.2 and x["auc_mean"] == 0.65 and x["performance_mean"] == 0.55
     assert x["seeds"] == [0, 1]
-    assert [r["content_hash"] for r in x["records"]] == ["x-0-smoke-qmix-1", "x-1-smoke-qmix-1"]
+    assert [r["content_hash"] for r in x["records"]] == ["x-0-quick-qmix-1", "x-1-quick-qmix-1"]
     none = next(e for e in table.entries if e["method"] == "none")
     assert none["probability_of_improvement_over_none"] == 0.5
     assert [e["method"] for e in table.entries] == ["reset_all", "x", "none"]
@@ -116,27 +117,59 @@ def test_missing_references_are_named_not_invented():
 
 
 def test_versions_tiers_and_learners_never_mix():
-    items = [_fake("none", 0, [0.5]), _fake("none", 0, [0.1], version=2), _fake("none", 0, [0.2], tier="quick"),
+    items = [_fake("none", 0, [0.5]), _fake("none", 0, [0.1], version=2), _fake("none", 0, [0.2], tier="smoke"),
              _fake("none", 0, [0.3], learner="qplex"), _fake("none", 1, [0.7])]
     board = lb.assemble(items)
     keys = [(b.version, b.tier, b.learner, [e["seeds"] for e in b.entries]) for b in board.boards]
-    assert keys == [(1, "smoke", "qmix", [[0, 1]]), (1, "smoke", "qplex", [[0]]), (1, "quick", "qmix", [[0]]),
-                    (2, "smoke", "qmix", [[0]])]
+    assert keys == [(1, "smoke", "qmix", [[0]]), (1, "quick", "qmix", [[0, 1]]), (1, "quick", "qplex", [[0]]),
+                    (2, "quick", "qmix", [[0]])]
 
 
 def test_equal_scores_share_a_rank():
-    board = lb.assemble([_fake("a", 0, [0.5]), _fake("b", 0, [0.5]), _fake("c", 0, [0.1])])
+    board = lb.assemble([_fake(m, seed, [a]) for m, a in (("a", 0.5), ("b", 0.5), ("c", 0.1)) for seed in (0, 1)])
     assert [(e["method"], e["rank"]) for e in board.boards[0].entries] == [("a", 1), ("b", 1), ("c", 3)]
+
+
+def test_one_seed_entries_are_listed_without_a_rank():
+    board = lb.assemble([_fake("a", 0, [0.5]), _fake("a", 1, [0.3]), _fake("solo", 0, [0.9]),
+                         _fake("b", 0, [0.2]), _fake("b", 1, [0.2])])
+    entries = board.boards[0].entries
+    assert [(e["method"], e["rank"]) for e in entries] == [("a", 1), ("b", 2), ("solo", None)]
+    assert entries[2]["unranked"] == "1 seed: a rank needs at least 2" and entries[0]["unranked"] is None
+    assert [e["method"] for e in board.data()["entries"]] == ["a", "b", "solo"]
+    assert board.data()["unranked_entries"] == []
+    markdown = board.markdown()
+    assert "| – | `solo` | 1 | 0.900 |" in markdown and "| 1 | `a` | 2 |" in markdown
+    assert "- `solo`: 1 seed: a rank needs at least 2" in markdown and "## Unranked" not in markdown
+
+
+def test_smoke_tier_entries_are_kept_apart_unranked():
+    board = lb.assemble([_fake("a", 0, [0.5]), _fake("a", 1, [0.3]), _fake("a", 0, [0.9], tier="smoke"),
+                         _fake("a", 1, [0.8], tier="smoke"), _fake("b", 0, [0.1], tier="smoke")])
+    data = board.data()
+    assert [(e["tier"], e["method"], e["rank"]) for e in data["entries"]] == [("quick", "a", 1)]
+    assert [(e["tier"], e["method"], e["rank"]) for e in data["unranked_entries"]] == [
+        ("smoke", "a", None), ("smoke", "b", None)]
+    assert all(e["unranked"].startswith("smoke tier:") for e in data["unranked_entries"])
+    markdown = board.markdown()
+    ranked, unranked = markdown.split("## Unranked: smoke tier")
+    assert "## toy-v1 · quick · qmix" in ranked and "smoke" not in ranked.split("## toy-v1")[1]
+    assert "### toy-v1 · smoke · qmix" in unranked
+    assert "| `a` | 2 | 0.850 [0.800, 0.900] |" in unranked and "| `b` | 1 | 0.100 |" in unranked
+    assert "| rank |" not in unranked
+    assert not any(line.startswith(("| 1 |", "| – |")) for line in unranked.splitlines())
 
 
 # --- build and check on real records -------------------------------------------------------------
 
 def test_build_writes_sorted_deterministic_files_and_check_passes(root, records, tmp_path):
     data = _load(root / lb.YAML_NAME)
-    assert [(e["method"], e["seeds"]) for e in data["entries"]] == [
-        (e["method"], e["seeds"]) for e in sorted(data["entries"], key=lambda e: e["rank"])]
-    assert {e["method"] for e in data["entries"]} == {"none", "reset", "reset_all"}
-    reset_all = next(e for e in data["entries"] if e["method"] == "reset_all")
+    assert data["entries"] == []  # smoke records are kept (check re-runs them), never ranked
+    smoke = data["unranked_entries"]
+    assert [e["method"] for e in smoke] == [e["method"] for e in sorted(smoke, key=lambda e: -e["auc_iqm"])]
+    assert {e["method"] for e in smoke} == {"none", "reset", "reset_all"}
+    assert {e["rank"] for e in smoke} == {None}
+    reset_all = next(e for e in smoke if e["method"] == "reset_all")
     assert reset_all["plasticity_ratio"] == 1.0  # scratch against itself
     assert (root / lb.PLOTS_DIR / "matrix_drift-v1_smoke_qmix.png").stat().st_size > 1000
     text = (root / lb.YAML_NAME).read_text()
@@ -153,12 +186,13 @@ def test_hand_edited_number_in_leaderboard_yaml_fails_naming_it(root):
     path = root / lb.YAML_NAME
     text = path.read_text()
     data = _load(path)
-    entry = data["entries"][1]
+    entry = data["unranked_entries"][1]
     old = f"auc_iqm: {entry['auc_iqm']}"
     assert text.count(old) == 1
     path.write_text(text.replace(old, "auc_iqm: 0.99"))
     with pytest.raises(lb.LeaderboardError, match=(
-            rf"leaderboard.yaml differs from the rebuild from its records: entries\[1\] \(matrix_drift-v1 smoke "
+            rf"leaderboard.yaml differs from the rebuild from its records: unranked_entries\[1\] "
+            rf"\(matrix_drift-v1 smoke "
             rf"qmix {entry['method']}\)\.auc_iqm: committed 0.99, rebuilt {entry['auc_iqm']}")):
         lb.check(root, reproduce_per_method=0)
 
@@ -166,8 +200,8 @@ def test_hand_edited_number_in_leaderboard_yaml_fails_naming_it(root):
 def test_hand_edited_markdown_fails_naming_the_line(root):
     path = root / lb.MARKDOWN_NAME
     lines = path.read_text().splitlines()
-    number = next(i for i, line in enumerate(lines) if line.startswith("| 1 |"))
-    lines[number] = lines[number].replace("| 1 |", "| 1 |  ", 1)
+    number = next(i for i, line in enumerate(lines) if line.startswith("| `reset` |"))
+    lines[number] = lines[number].replace("| `reset` |", "| `reset` |  ", 1)
     path.write_text("\n".join(lines))
     with pytest.raises(lb.LeaderboardError, match=rf"LEADERBOARD.md differs .*: line {number + 1}: committed"):
         lb.check(root, reproduce_per_method=0)
@@ -224,6 +258,120 @@ def test_records_breaking_a_rule_are_rejected_by_name(root, change, message):
     with pytest.raises(RecordError, match=message) as raised:
         lb.build(root / "records")
     assert str(path) in str(raised.value)
+
+
+# --- records whose numbers are not what their curves say (re-sealed, so the hash passes) ----------
+
+def _bump_auc(record):  # the issue's forgery: every per-task AUC + 0.3 (kept <= 1), auc to match, P = 1
+    record["metrics"]["auc_per_task"] = [round(min(a + 0.3, 1.0), 6) for a in record["metrics"]["auc_per_task"]]
+    record["metrics"]["auc"] = round(sum(record["metrics"]["auc_per_task"]) / len(record["tasks"]), 6)
+    record["metrics"]["performance"] = 1.0
+
+
+def _zero_curves_and_R(record):  # consistent with each other, not with the metrics kept
+    record["curves"]["score"] = [0.0] * len(record["curves"]["score"])
+    record["R"] = [[0.0] * len(row) for row in record["R"]]
+
+
+def _drop(*keys):
+    def change(record):
+        target = record
+        for key in keys[:-1]:
+            target = target[key]
+        del target[keys[-1]]
+    return change
+
+
+def _item(key, index, value):
+    def change(record):
+        target = record
+        for part in key.split("."):
+            target = target[part]
+        target[index] = value
+    return change
+
+
+def _drop_first_evaluations(record):
+    """A forger's subtler edit: the first (worst) evaluation of every task removed and the metrics
+    recomputed to match, so that the record is self-consistent."""
+    first = {}
+    for i, task in enumerate(record["curves"]["task"]):
+        first.setdefault(task, i)
+    keep = [i for i in range(len(record["curves"]["task"])) if i not in first.values()]
+    record["curves"] = {k: [v[i] for i in keep] for k, v in record["curves"].items()}
+    record["metrics"].update(record_module.with_recomputed_metrics(record)["metrics"])
+
+
+INTEGRITY = [
+    (lambda r: r["metrics"]["auc_per_task"].__setitem__(2, round(r["metrics"]["auc_per_task"][2] + 0.3, 6)),
+     r"metrics\.auc_per_task\[2\]: stored [0-9.]+, recomputed from curves [0-9.]+$"),
+    (_bump_auc, r"metrics\.performance: stored 1\.0, recomputed from curves 0\.[0-9]+$"),
+    (_zero_curves_and_R, r"metrics\.performance: stored 0\.[0-9]+, recomputed from curves 0\.0$"),
+    (lambda r: r["curves"].update(score=[0.0] * len(r["curves"]["score"])),
+     r"R\[0\]\[0\] is [0-9.]+, but task 0's last evaluation, curves\.score\[9\], is 0\.0"),
+    (lambda r: r["metrics"].update(forgetting=0.0), r"metrics\.forgetting: stored 0\.0, recomputed from R 0\.[0-9]+$"),
+    (_item("metrics.auc_per_task", 0, 5.0), r"metrics\.auc_per_task\[0\] is 5\.0, outside \[0, 1\]"),
+    (_item("metrics.auc_per_task", 0, -1.0), r"metrics\.auc_per_task\[0\] is -1\.0, outside \[0, 1\]"),
+    (_item("metrics.auc_per_task", 0, 1e308), r"metrics\.auc_per_task\[0\] is 1e\+308, outside \[0, 1\]"),
+    (_item("metrics.auc_per_task", 0, True), r"metrics\.auc_per_task\[0\] must be a number, got bool True"),
+    (_item("metrics.auc_per_task", 0, float("nan")), r"metrics\.auc_per_task\[0\] is not finite"),
+    (lambda r: r["metrics"].update(performance=7.0), r"metrics\.performance is 7\.0, outside \[0, 1\]"),
+    (lambda r: r["metrics"].update(forgetting="much"), r"metrics\.forgetting must be a number or null, got str"),
+    (_item("curves.score", 3, 1.5), r"curves\.score\[3\] is 1\.5, outside \[0, 1\]"),
+    (lambda r: r["R"][1].__setitem__(2, -0.25), r"R\[1\]\[2\] is -0\.25, outside \[0, 1\]"),
+    (lambda r: r.update(seed="0"), r"seed must be an integer, got str '0'"),
+    (lambda r: r.update(seed=True), r"seed must be an integer, got bool True"),
+    (_drop("scenario", "tier"), r"missing key 'scenario\.tier'"),
+    (_drop("metrics", "final_score_per_task"), r"missing key 'metrics\.final_score_per_task'"),
+    (_drop("curves", "score"), r"missing key 'curves\.score'"),
+    (lambda r: r["curves"]["env_step"].pop(), r"curves\.env_step has 59 values, curves\.task 60"),
+    (_item("curves.task", 12, 0), r"curves\.task\[12\] is 0 after 1: tasks are trained in order"),
+    (_item("curves.task", 59, 6), r"curves\.task\[59\] is 6, not a task index in 0\.\.5"),
+    (_item("curves.env_step", 5, 0), r"curves\.env_step\[5\] is 0 after [0-9]+: env steps never decrease"),
+    (lambda r: r["R"].pop(), r"R has 5 rows, must be 6x6 \(K = len\(tasks\) = 6\)"),
+    (_drop_first_evaluations, r"curves: task 0 \(M1\) has 9 evaluations; matrix_drift-v1 makes 10 per task"),
+]
+
+
+@pytest.mark.parametrize("change, message", INTEGRITY)
+def test_records_inconsistent_with_their_curves_are_refused_by_build_and_check(root, change, message):
+    """Every edit is re-sealed with ctmarl.record.seal: the content hash is not what catches it."""
+    original = next((root / "records").glob("*_reset_seed0.yaml"))
+    assert _load(original)["metrics"]["performance"] > 0 and _load(original)["metrics"]["forgetting"] > 0
+    path = _rewrite(original, change, name=original.name)
+    edited = _load(path)
+    assert edited["content_hash"] == record_module.content_hash(edited)  # the forger's hash is right
+    for run in (lambda: lb.build(root / "records"), lambda: lb.check(root, reproduce_per_method=0)):
+        with pytest.raises(RecordError) as raised:
+            run()
+        assert str(raised.value).startswith(f"{path}: "), raised.value
+        assert re.search(message, str(raised.value).removeprefix(f"{path}: ")), raised.value
+
+
+def test_the_leaderboard_shows_numbers_recomputed_from_curves(root):
+    """Admitted records carry recomputed metrics; a stored metric edited within the rounding
+    tolerance is admitted but never shown."""
+    path = next((root / "records").glob("*_reset_seed0.yaml"))
+    stored = _load(path)["metrics"]["auc_per_task"]
+    _rewrite(path, lambda r: r["metrics"]["auc_per_task"].__setitem__(0, round(stored[0] + 1e-6, 6)),
+             name=path.name)
+    admitted = {item.file: item for item in lb.admit_all(root / "records")}[path.name]
+    assert admitted.record["metrics"]["auc_per_task"] == stored
+    assert _load(path)["metrics"]["auc_per_task"][0] != stored[0]
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"a": {1: 0.5, "1": 0.5}}, "a has a key that is not a string: int 1"),
+    ({"a": [{"b": {2.5: 1}}]}, r"a[0].b has a key that is not a string: float 2.5"),
+    ({"a": {"b": {1, 2}}}, "a.b must be plain data"),
+    ({"a": b"bytes"}, "a must be plain data"),
+])
+def test_hashes_refuse_keys_and_values_that_are_not_plain_data(record, message):
+    record = {"scenario": {}, "learner": {}, "method": {}, "seed": 0, **record}
+    with pytest.raises(RecordError, match=re.escape(message)):
+        seal(copy.deepcopy(record))
+    with pytest.raises(RecordError, match=re.escape(f"where.yaml: {message}")):
+        record_module.validate_record(record, "where.yaml")
 
 
 def test_one_entry_is_one_method_config(root):
@@ -285,7 +433,7 @@ def test_empty_leaderboard_builds_and_checks(tmp_path):
     lb.write(lb.build(tmp_path / "records"), tmp_path)
     lb.check(tmp_path, echo=lines.append)
     assert "No records yet." in (tmp_path / lb.MARKDOWN_NAME).read_text()
-    assert _load(tmp_path / lb.YAML_NAME)["entries"] == []
+    assert _load(tmp_path / lb.YAML_NAME)["entries"] == [] == _load(tmp_path / lb.YAML_NAME)["unranked_entries"]
 
 
 def test_committed_leaderboard_matches_its_records():
@@ -301,7 +449,7 @@ def test_cli_build_and_check(root):
     result = runner.invoke(main, ["leaderboard", "check", str(root), "--reproduce", "0"])
     assert result.exit_code == 0 and "leaderboard check passed" in result.output
     data = _load(root / lb.YAML_NAME)
-    data["entries"][0]["seeds"] = [0, 1, 2]
+    data["unranked_entries"][0]["seeds"] = [0, 1, 2]
     (root / lb.YAML_NAME).write_text(yaml.safe_dump(data))
     result = runner.invoke(main, ["leaderboard", "check", str(root), "--reproduce", "0"])
     assert result.exit_code == 2

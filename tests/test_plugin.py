@@ -209,7 +209,7 @@ def test_example_plugin_evaluates_through_the_cli_and_enters_a_leaderboard(insta
         evaluate(RunSpec("matrix_drift", algo="none", tier="smoke", seed=seed), records)
     board = lb.build(records)
     lb.write(board, tmp_path)
-    entries = {e["method"]: e for e in board.data()["entries"]}
+    entries = {e["method"]: e for e in board.data()["unranked_entries"]}
     mine = entries["my_method"]
     assert mine["method_entry_point"] == "my_method.method:L2Init" and mine["seeds"] == [0]
     assert mine["records"] == [{"file": "matrix_drift-v1_smoke_qmix_my_method_seed0.yaml",

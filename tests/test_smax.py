@@ -246,6 +246,54 @@ def test_move_directions_and_unavailable_actions_are_no_ops(env):
     assert torch.equal(after_one_step(STOP), after_one_step(attack))
 
 
+RACE_MIXES = ({"stalker": 0.5, "zealot": 0.5}, {"marine": 0.5, "marauder": 0.5},
+              {"zergling": 0.5, "hydralisk": 0.5})
+
+
+def as_stop_where_unavailable(actions: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
+    """[..., N] ``actions`` with each one masked in ``avail`` [..., N, A] replaced by stop."""
+    available = avail.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    return torch.where(available, actions, STOP)
+
+
+def last_attacks_seen(obs: torch.Tensor, n_actions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(last attack action id [E, N, N - 1] each observer sees of each other ally (0: none or out
+    of sight), index of that ally [N, N - 1]) from observations [E, N, O]."""
+    slots = torch.arange(N - 1)
+    ally_of_slot = slots + (slots[None, :] >= torch.arange(N)[:, None]).long()  # others skip self
+    seen = obs[..., : (N - 1) * UNIT_FEATURES].unflatten(-1, (N - 1, UNIT_FEATURES))[..., 5]
+    return (seen * (n_actions - 1)).round().long(), ally_of_slot
+
+
+def test_unavailable_actions_are_true_no_ops_under_random_play():
+    """With random actions, masked ones included, in every race: the step equals the step in which
+    each masked action was stop (observations, state, masks, reward, flags and SMAX's whole episode
+    state: health, positions, cooldowns, last actions), and no masked attack shows in a teammate's
+    observation as its last attack. SMAX alone lands a masked attack on an enemy that walks into
+    range during the step and records it as the last attack, which fails both checks."""
+    generator = torch.Generator().manual_seed(0)
+    masked_attacks = 0
+    for weights in RACE_MIXES:
+        free, stopped = make(weights=weights, seed=5), make(weights=weights, seed=5)
+        first, again = free.reset(), stopped.reset()
+        assert torch.equal(first.avail_actions, again.avail_actions)
+        avail = first.avail_actions
+        for _ in range(LIMIT):
+            actions = torch.randint(0, M + 5, (COPIES, N), generator=generator)
+            masked_attacks += int(((actions >= 5) & (as_stop_where_unavailable(actions, avail) == STOP)).sum())
+            a = free.step(actions)
+            b = stopped.step(as_stop_where_unavailable(actions, avail))
+            assert all(torch.equal(x, y) for x, y in zip(a, b))
+            assert all(torch.equal(x, y) for x, y in zip(free.state_dict()["episode"]["leaves"],
+                                                            stopped.state_dict()["episode"]["leaves"]))
+            seen, ally_of_slot = last_attacks_seen(a.obs, M + 5)
+            chosen = actions[:, ally_of_slot]  # [E, N, N - 1]: what each seen ally was sent
+            shown_available = avail.gather(-1, actions.unsqueeze(-1)).squeeze(-1)[:, ally_of_slot]
+            assert bool(((seen == 0) | ((seen == chosen) & shown_available)).all())
+            avail = a.avail_actions
+    assert masked_attacks > 1000  # most random attacks are masked: the rule was exercised
+
+
 def test_episodes_end_by_the_limit_and_flags_are_exclusive(env):
     generator = torch.Generator().manual_seed(1)
     avail = env.reset(seed=2).avail_actions
@@ -357,6 +405,34 @@ def test_pettingzoo_view_passes_the_parallel_api_test():
     observations, infos = view.reset(seed=3)
     assert observations["agent_0"].shape == (127,) and view.state().shape == (120,)
     assert infos["agent_0"]["action_mask"][STOP] == 1
+
+
+def test_pettingzoo_view_inherits_the_no_op():
+    """Through the PettingZoo view (non-strict), a masked action gives exactly what stop gives."""
+    rng = np.random.default_rng(0)
+    free, stopped = (ParallelEnvView(lambda seed: make(num_envs=1, seed=seed, weights=RACE_MIXES[0]))
+                     for _ in range(2))
+    for seed in (3, 4):
+        infos_a = free.reset(seed=seed)[1]
+        stopped.reset(seed=seed)
+        masked = 0
+        while free.agents:
+            masks = {agent: infos_a[agent]["action_mask"] for agent in free.agents}
+            actions = {agent: int(rng.integers(M + 5)) for agent in free.agents}
+            masked += sum(not masks[agent][action] for agent, action in actions.items())
+            a = free.step(actions)
+            b = stopped.step({agent: action if masks[agent][action] else STOP
+                              for agent, action in actions.items()})
+            assert np.array_equal(free.state(), stopped.state())
+            for x, y in zip(a, b):
+                assert x.keys() == y.keys()
+                for agent in x:
+                    if isinstance(x[agent], dict):
+                        assert all(np.array_equal(x[agent][k], y[agent][k]) for k in x[agent])
+                    else:
+                        assert np.array_equal(x[agent], y[agent])
+            infos_a = a[4]
+        assert masked > 0
 
 
 def test_a_copy_does_not_depend_on_the_number_of_copies(env):

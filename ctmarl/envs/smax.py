@@ -31,8 +31,11 @@ state               (6 + U)(N + M) floats (120 for 5v5): SMAX's world state, per
                     (SMAX gives x, y in map units and the cooldown in seconds; we scale them as
                     its observations do, so the mixer's input is of order 1.)
 action mask         stop is always available; moves iff the unit is alive; attack k iff the unit is
-                    alive and enemy k is alive and within its attack range. An unavailable action is
-                    a no-op (the unit stands still), as in SMAX
+                    alive and enemy k is alive and within its attack range. An unavailable action
+                    (by the mask returned with the observations) is replaced by stop before SMAX
+                    sees it: the unit stands still, damages no one and shows no last attack to its
+                    teammates (SMAX alone would land a masked attack on an enemy that walks into
+                    range during the step, and show it as the unit's last attack)
 reward              shared, SMAX's: the enemies' health lost this step as a fraction of their total
                     (summed over enemies, divided by M), plus 1 on the step the battle is won; an
                     episode's return is at most about 2

@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ctmarl.envs.base import EnvInfo, Observation, StepResult  # noqa: E402
-from ctmarl.envs.smax import UNIT_TYPES, SMAXSettings, smax_sizes  # noqa: E402
+from ctmarl.envs.smax import STOP, UNIT_TYPES, SMAXSettings, smax_sizes  # noqa: E402
 
 #: Distance kept between start positions and the map edge, which kills SMAX units.
 EDGE_MARGIN = 1.0
@@ -123,6 +123,8 @@ class Program:
                                "an unsupported jaxmarl version")
         if tuple(self.env.unit_type_names) != UNIT_TYPES:
             raise RuntimeError(f"jaxmarl's SMAX unit set {self.env.unit_type_names} is not {UNIT_TYPES}")
+        if self.env.num_movement_actions - 1 != STOP:
+            raise RuntimeError(f"jaxmarl's SMAX stop action is {self.env.num_movement_actions - 1}, not {STOP}")
         options = CPU_COMPILER_OPTIONS if s.platform == "cpu" else None
         self.reset = jax.jit(jax.vmap(self._reset_one, in_axes=(None, 0, None, None)),
                              compiler_options=options)
@@ -169,6 +171,7 @@ class Program:
     def _step_one(self, key, state, actions):
         env, n = self.env, self.structure.n_units
         key, step_key = jax.random.split(key)
+        actions = self._only_available(state, actions)
         obs, state, rewards, _, _ = env.step_env(
             step_key, state, {agent: actions[i] for i, agent in enumerate(env.agents)}
         )
@@ -179,6 +182,19 @@ class Program:
         won = (allies_alive & ~enemies_alive).astype(jnp.float32)
         return (key, state, jnp.stack([obs[a] for a in env.agents]), self._state(state, obs["world_state"]),
                 self._avail(state), rewards[env.agents[0]], terminated, truncated, won)
+
+    def _only_available(self, state, actions):
+        """[N] ``actions`` with each one unavailable in ``state`` (the mask the agents were shown)
+        replaced by stop, SMAX's no-op (no move, no attack; recorded as "no attack").
+
+        SMAX itself does not apply the mask: it checks an attack's range on each of the step's
+        physics steps, so an attack on an enemy out of range at the start of the step still hits
+        if the enemy walks into range during it, and it records every attack action as the unit's
+        last attack, which teammates observe. Out-of-range action ids become stop too.
+        """
+        available = self._avail(state)  # [N, A]
+        chosen = jnp.arange(available.shape[-1]) == actions[:, None]  # [N, A] one-hot
+        return jnp.where((available & chosen).any(-1), actions, jnp.asarray(STOP, actions.dtype))
 
     def _state(self, state, world_state):
         """SMAX's world state with positions divided by the map size and weapon cooldowns by the
