@@ -370,7 +370,7 @@ def leaderboard_admission(path: str | Path) -> str | None:
     this names every one of its provenance and configuration rules the record breaks, so that a
     record made from a working tree with uncommitted changes still says that its learner is not
     a registered one."""
-    from ctmarl.leaderboard import admit, check_provenance, check_standard_config
+    from ctmarl.leaderboard import admit, check_method_source, check_provenance, check_standard_config
     from ctmarl.record import load_record
 
     path = Path(path)
@@ -386,7 +386,7 @@ def leaderboard_admission(path: str | Path) -> str | None:
         return first
     reasons = [first]
     prefix = f"{path}: "
-    for check in (check_provenance, check_standard_config):
+    for check in (check_provenance, check_method_source, check_standard_config):
         try:
             check(record, str(path))
         except CtmarlError as exc:

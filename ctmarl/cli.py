@@ -7,7 +7,9 @@ and exit status 2; nothing half-written is left behind. Ctrl-C exits with status
 One guard covers every command: an exception that is not a :class:`~ctmarl.errors.CtmarlError`
 (a bug, or input no check caught) is also one line, ``error: internal error (<type>): <message>;
 traceback in <file>``, exit status 2, with the traceback written beside ``--out``
-(``<out>.ctmarl-error.log``) or, without a writable place there, to a temporary file. A command
+(``<out>.ctmarl-error.log``) or, without a writable place there, to a temporary file. A plug-in's
+failure (:class:`~ctmarl.errors.PluginError`: it raised in a hook or at import) is one line naming
+the method and its distribution, with the plug-in's traceback written the same way. A command
 that fails removes the ``--out`` folders it created if they are still empty.
 """
 
@@ -21,11 +23,11 @@ from pathlib import Path
 
 import click
 
-from ctmarl.errors import CtmarlError, RunInterrupted, shorten
+from ctmarl.errors import CtmarlError, PluginError, RunInterrupted, shorten
 from ctmarl.progress import DEFAULT_EVERY_SECONDS as DEFAULT_PROGRESS_SECONDS
 from ctmarl.progress import ProgressLines
 from ctmarl.runlog import parse_loggers, require_loggers
-from ctmarl.registry import LEARNERS, METHODS
+from ctmarl.registry import ENVS, LEARNERS, METHODS
 from ctmarl.scenario import TIER_NAMES, make_scenario, scenario_names
 from ctmarl.sweep import EXECUTORS
 
@@ -64,6 +66,12 @@ class _Group(click.Group):
         except RunInterrupted as exc:
             click.echo(str(exc), err=True)
             sys.exit(exc.exit_status)
+        except PluginError as exc:  # a plug-in's own exception: its traceback goes to the log
+            where = ""
+            if exc.__cause__ is not None:
+                where = f"; traceback in {_write_traceback(exc.__cause__, ctx.meta.get('ctmarl.out'))}"
+            click.echo(f"error: {shorten(exc, 2000)}{where}", err=True)
+            sys.exit(2)
         except CtmarlError as exc:
             click.echo(f"error: {shorten(exc, 2000)}", err=True)
             sys.exit(2)
@@ -132,7 +140,8 @@ def main() -> None:
 
 @main.command("list")
 def list_command() -> None:
-    """Scenarios (with tiers and tasks), learners and methods from the registries."""
+    """Scenarios (with tiers and tasks), learners, methods and env families from the registries;
+    a name two distributions register, or whose entry point fails to load, is marked."""
     click.echo("scenarios:")
     for name in scenario_names():
         scenario = make_scenario(name)
@@ -144,12 +153,12 @@ def list_command() -> None:
         for tier in TIER_NAMES:
             t = scenario.tier(tier)
             click.echo(f"    {tier:<9} {t.env_steps_per_task:>10} env steps/task, {t.num_envs} envs")
-    click.echo("learners:")
-    for name in LEARNERS.names():
-        click.echo(f"  {name:<16} {LEARNERS.entry_point(name)}")
-    click.echo("methods:")
-    for name in METHODS.names():
-        click.echo(f"  {name:<16} {METHODS.entry_point(name)}")
+    for heading, registry in (("learners", LEARNERS), ("methods", METHODS), ("env families", ENVS)):
+        click.echo(f"{heading}:")
+        for name in registry.names():
+            problem = registry.problem(name)  # imports the entry point, so a broken one shows here
+            entry_point = "-" if problem and problem.startswith("conflict") else registry.entry_point(name)
+            click.echo(f"  {name:<16} {entry_point}" + (f"   [{problem}]" if problem else ""))
 
 
 @main.command()

@@ -15,6 +15,13 @@ class UnknownNameError(CtmarlError):
     """A registry was asked for a name it does not hold."""
 
 
+class PluginError(CtmarlError):
+    """A method, learner or env family from a plug-in distribution cannot be used: two
+    distributions register its name, it takes a reference name, it fails to import, or it raised
+    inside one of its hooks. Its ``__cause__``, when set, is the plug-in's own exception, whose
+    traceback the CLI writes to a log file."""
+
+
 class RecordError(CtmarlError):
     """A run record is missing, corrupt, or fails validation."""
 

@@ -24,6 +24,7 @@ from ctmarl.record import (
 from ctmarl.registry import LEARNERS, METHODS
 from ctmarl.runlog import DEFAULT_LOGGERS, RunLog, require_loggers
 from ctmarl.scenario import make_scenario
+from ctmarl.source import method_source
 
 
 @dataclass(frozen=True)
@@ -263,13 +264,16 @@ def run_identity(spec: RunSpec, scenario, learner, method) -> dict[str, Any]:
 
 def build_record(spec: RunSpec, scenario, learner, method, result: RunResult) -> dict[str, Any]:
     wall_time_s = result.wall_time_s
+    identity = run_identity(spec, scenario, learner, method)
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
-        **run_identity(spec, scenario, learner, method),
+        **identity,
         "config_hash": None,
         # resumed_at_env_steps: where a checkpointed run was continued ([] = one uninterrupted
         # segment); wall_time_s sums the segments.
-        "provenance": {**provenance(str(learner.device)), "resumed_at_env_steps": result.resumed_at_env_steps},
+        # provenance.method: the method's own code (ctmarl.source); outside config_hash.
+        "provenance": {**provenance(str(learner.device)), "resumed_at_env_steps": result.resumed_at_env_steps,
+                       "method": method_source(identity["method"]["entry_point"])},
         "timing": {
             "wall_time_s": round(wall_time_s, 3),
             "env_steps": result.env_steps,

@@ -25,14 +25,14 @@ with the dataclass's default (a test checks that the two never drift apart). Ove
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields, is_dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
 
 
 from ctmarl.config import from_mapping, read_yaml
-from ctmarl.errors import ConfigError, UnknownNameError, shorten
+from ctmarl.errors import ConfigError, PluginError, UnknownNameError, shorten
 from ctmarl.learner import Learner
 from ctmarl.registry import METHODS
 
@@ -107,8 +107,21 @@ class Method:
 def method_class(name: str) -> type[Method]:
     cls = METHODS.load(name)
     if not (isinstance(cls, type) and issubclass(cls, Method)):
-        raise UnknownNameError(f"method {shorten(repr(name))} resolves to {shorten(repr(cls))}, which is not a ctmarl Method")
+        raise UnknownNameError(f"{METHODS.origin(name)} resolves to {shorten(repr(cls))}, which is not a ctmarl Method")
     return cls
+
+
+def method_origin(method: Method | type[Method]) -> str:
+    """``"method 'my_method' (distribution my-method 0.1.0)"`` for a method (instance or class)."""
+    cls = method if isinstance(method, type) else type(method)
+    return METHODS.origin(METHODS.name_of(f"{cls.__module__}:{cls.__qualname__}"))
+
+
+def hook_error(method: Method | type[Method], hook: str, where: str, exc: BaseException) -> PluginError:
+    """The one-line error for ``exc`` raised by ``method``'s ``hook`` (``where``: "at update 17");
+    raise it ``from exc`` so that the CLI logs the plug-in's traceback."""
+    first_line = shorten((str(exc).strip().splitlines() or [""])[0], 200)
+    return PluginError(f"{method_origin(method)} raised {type(exc).__name__} in {hook} {where}: {first_line}")
 
 
 def read_config_yaml(source: Any, where: str) -> dict[str, Any]:
@@ -155,4 +168,14 @@ def make_method(name: str, overrides: dict[str, Any] | None = None, where: str =
     """Instantiate a method by name: its shipped YAML defaults, then ``overrides`` on top, checked
     against its ``Config`` dataclass (an unknown key is a ConfigError naming ``where``)."""
     cls = method_class(name)
-    return cls(from_mapping(cls.Config, {**method_defaults(name), **(overrides or {})}, where))
+    values = {**method_defaults(name), **(overrides or {})}
+    if is_dataclass(cls.Config):
+        for field in fields(cls.Config):
+            if field.init and field.name not in values and field.default is MISSING and field.default_factory is MISSING:
+                raise ConfigError(f"{METHODS.origin(name)}: {cls.Config.__name__}.{field.name} has no default; give "
+                                  f"it one (or set it in the file given to --method-config)")
+    config = from_mapping(cls.Config, values, where)
+    try:
+        return cls(config)
+    except Exception as exc:  # noqa: BLE001 -- the plug-in's own constructor failed: report whose
+        raise hook_error(cls, "__init__", "when made", exc) from exc

@@ -46,7 +46,7 @@ from ctmarl.checkpoint import CheckpointWriter, InterruptRequest, global_rng_sta
 from ctmarl.envs.base import BatchedEnv, blend_settings
 from ctmarl.errors import NonFiniteLossError, RunInterrupted
 from ctmarl.learner import EpisodeBatch, Learner, NeuronGroup
-from ctmarl.method import Method, MethodContext
+from ctmarl.method import Method, MethodContext, hook_error
 from ctmarl.neurons import GroupSnapshot, NeuronMonitor
 from ctmarl.probe import PlasticityProbe, ProbeSettings
 from ctmarl.runlog import TRAIN_EVERY_UPDATES, RunLog, flatten_numbers
@@ -271,7 +271,10 @@ class Training:
         self.log: RunLog | None = None
         self._wall_time_before = 0.0  # of earlier segments of a resumed run
         self._segment_started = time.perf_counter()
-        method.attach(learner, MethodContext(len(self.tasks), self.protocol.announce_task_boundaries, seed))
+        try:
+            method.attach(learner, MethodContext(len(self.tasks), self.protocol.announce_task_boundaries, seed))
+        except Exception as exc:  # noqa: BLE001 -- a plug-in's failure: one line naming it (see hook_error)
+            raise hook_error(method, "attach", "before training", exc) from exc
 
     # --- the loop --------------------------------------------------------------------------------
     def train(
@@ -317,7 +320,10 @@ class Training:
         if self.protocol.reset_exploration:
             position.explore_steps = 0
         if self.protocol.announce_task_boundaries:
-            self.method.on_task_start(task.index)
+            try:
+                self.method.on_task_start(task.index)
+            except Exception as exc:  # noqa: BLE001
+                raise hook_error(self.method, "on_task_start", f"at task {task.index} ({task.name})", exc) from exc
         position.task_steps, position.next_eval, position.score = 0, 0, 0.0
         position.task_started = True
 
@@ -355,7 +361,10 @@ class Training:
                 self._emit("neurons", task.index, {
                     f"{name}/{key}": getattr(group, key) for name, group in snapshot.items()
                     for key in ("stagnant_ratio", "dormant_ratio", "grama_ratio")})
-            self.method.after_update(result.updates)
+            try:
+                self.method.after_update(result.updates)
+            except Exception as exc:  # noqa: BLE001
+                raise hook_error(self.method, "after_update", f"at update {result.updates}", exc) from exc
             if result.updates % TRAIN_EVERY_UPDATES == 0:
                 self._emit("train", task.index, {
                     **{k: float(v) for k, v in stats.items()}, "epsilon": learner.epsilon(position.explore_steps)})
@@ -388,7 +397,10 @@ class Training:
     def _after_backward(self) -> None:
         if self.monitor is not None:
             self.monitor.after_backward()  # measure the gradients before a method may alter them
-        self.method.after_backward()
+        try:
+            self.method.after_backward()
+        except Exception as exc:  # noqa: BLE001
+            raise hook_error(self.method, "after_backward", f"at update {self.result.updates + 1}", exc) from exc
 
     def _stop_on_non_finite(self, loss: float, task: Task) -> None:
         kept = "" if self.checkpoint is None else f"; {self.checkpoint.describe()}"
@@ -410,7 +422,10 @@ class Training:
         if self.probe is not None:
             self.probe.at_task_end(self.learner)
         if self.protocol.announce_task_boundaries:
-            self.method.on_task_end(task.index)
+            try:
+                self.method.on_task_end(task.index)
+            except Exception as exc:  # noqa: BLE001
+                raise hook_error(self.method, "on_task_end", f"at task {task.index} ({task.name})", exc) from exc
         self._emit("method", task.index, flatten_numbers(self.method.summary()))
         self._emit("R", task.index, {f"task_{j}": value for j, value in enumerate(result.R[-1])})
         self.position.task, self.position.task_started = task.index + 1, False

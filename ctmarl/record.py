@@ -3,7 +3,8 @@
 A record holds the schema version; the scenario (name, version, tier, hash of its definition);
 learner and method with their fully resolved configs; ``config_hash`` over everything that
 defines the run; the seed; provenance (ctmarl version, git commit and whether the tree was dirty,
-library versions, device, machine); timing; per-evaluation curves; the R matrix; final metrics;
+library versions, device, machine, and ``method``: the method's distribution, source hash and git
+state, :mod:`ctmarl.source`); timing; per-evaluation curves; the R matrix; final metrics;
 and ``content_hash``, a sha256 over all other fields, so a number edited by hand is detected.
 Anyone can recompute that hash (:func:`seal`), so it does not stop a forger: :func:`validate_record`
 also checks every score's range and the curves' consistency, and re-derives the metrics from the
@@ -222,6 +223,7 @@ _TYPES: dict[str, Any] = {
 #: Optional keys: checked when present.
 _OPTIONAL_TYPES: dict[str, Any] = {
     "method.variant": (str, type(None)), "provenance.git_commit": (str, type(None)),
+    "provenance.method": (dict, type(None)),
     "provenance.torch_threads": (int, type(None)), "provenance.device": (str, type(None)),
     "neurons": (dict, type(None)), "method_summary": (dict, type(None)), "plasticity_probe": (dict, type(None)),
     "R_return": list, "task_definition": list, "metrics.q_tot_mse_per_task": (list, type(None)),

@@ -2,8 +2,8 @@
 
 Records that may enter a leaderboard must come from a clean git commit, which a working tree under
 development is not. Tests therefore make real records with ``ctmarl.evaluate`` while
-``ctmarl.record.git_state`` is patched to report a clean commit (``clean_git``); the admission
-rules themselves are never relaxed.
+``ctmarl.record.git_state`` (and ``ctmarl.source.source_git_state``, for the method's package) is
+patched to report a clean commit (``clean_git``); the admission rules themselves are never relaxed.
 """
 
 import copy
@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from ctmarl import leaderboard as lb
 from ctmarl import record as record_module
+from ctmarl import source as source_module
 from ctmarl.cli import main
 from ctmarl.errors import RecordError
 from ctmarl.evaluate import RunSpec, evaluate
@@ -36,6 +37,7 @@ def records(tmp_path_factory):
     folder = tmp_path_factory.mktemp("made") / "records"
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(record_module, "git_state", clean_git)
+        patch.setattr(source_module, "source_git_state", lambda target, files: dict(CLEAN))  # baselines/
         for algo, seeds in (("none", (0, 1)), ("reset_all", (0, 1)), ("reset", (0,))):
             for seed in seeds:
                 evaluate(RunSpec("matrix_drift", algo=algo, tier="smoke", seed=seed), folder)

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from ctmarl import leaderboard as lb
 from ctmarl import record as record_module
+from ctmarl import source as source_module
 from ctmarl.cli import main
 from ctmarl.evaluate import RunSpec, evaluate
 from ctmarl.method import Method
@@ -204,7 +205,12 @@ def test_example_plugin_evaluates_through_the_cli_and_enters_a_leaderboard(insta
     assert plugin_record["method"]["config"] == {"strength": 0.01, "parts": ["agent", "mixer"]}
     assert set(plugin_record["method_summary"]["relative_distance_to_init"]) == {
         "agent.fc1", "mixer.hyper_w1.0", "mixer.hyper_w_final.0", "mixer.V.0"}
+    block = plugin_record["provenance"]["method"]  # pip-installed outside git: named by its distribution
+    assert (block["distribution"], block["version"], block["git_dirty"]) == ("ctmarl-my-method", "0.1.0", None)
+    # The leaderboard re-derives the plug-in's source hash, so it must be installed here too.
+    monkeypatch.syspath_prepend(str(installed["target"]))
     monkeypatch.setattr(record_module, "git_state", lambda path: dict(CLEAN))
+    monkeypatch.setattr(source_module, "source_git_state", lambda target, files: dict(CLEAN))
     for seed in (0, 1):
         evaluate(RunSpec("matrix_drift", algo="none", tier="smoke", seed=seed), records)
     board = lb.build(records)
