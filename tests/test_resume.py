@@ -170,22 +170,26 @@ def test_killed_process_resumes_exactly(tmp_path, learner, algo, sig):
     assert not ckpt.exists()
 
 
-# --- Ctrl-C, in process ----------------------------------------------------------------------------
-def test_ctrl_c_checkpoints_at_the_next_safe_point(tmp_path):
+# --- Ctrl-C and SIGTERM, in process ------------------------------------------------------------------
+@pytest.mark.parametrize("sig, by, status", [(signal.SIGINT, "", 130), (signal.SIGTERM, " by SIGTERM", 143)])
+def test_ctrl_c_or_sigterm_checkpoints_at_the_next_safe_point(tmp_path, sig, by, status):
     spec = RunSpec("matrix_drift", tier="smoke", seed=3)
+    default = signal.getsignal(sig)
     seen = 0
 
-    def press_ctrl_c(*_):
+    def send_signal(*_):
         nonlocal seen
         seen += 1
         if seen == 30:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), sig)
 
     with pytest.raises(RunInterrupted) as info:
-        evaluate(spec, tmp_path, press_ctrl_c, checkpoint_every=10**9)  # no periodic checkpoint
+        evaluate(spec, tmp_path, send_signal, checkpoint_every=10**9)  # no periodic checkpoint
     ckpt = checkpoint_path(spec, tmp_path)
-    assert str(info.value) == (f"interrupted at env step 960 (task 2/6 M2); checkpoint written to {ckpt}; "
+    assert str(info.value) == (f"interrupted{by} at env step 960 (task 2/6 M2); checkpoint written to {ckpt}; "
                                "run the same command with --resume to continue")
+    assert info.value.exit_status == status
+    assert signal.getsignal(sig) is default  # the run's handler is gone
     assert read_checkpoint(ckpt)["env_steps"] == 30 * 32
     record, _ = evaluate(spec, tmp_path, resume=True)
     assert numbers(record) == reference(spec)

@@ -212,40 +212,33 @@ def test_quiet_run_prints_nothing(tmp_path):
     assert len(list(tmp_path.glob("*.yaml"))) == 1 and len(list(tmp_path.glob("*.progress.csv"))) == 1
 
 
-# --- SIGTERM ---------------------------------------------------------------------------------------
-def test_sigterm_checkpoints_at_the_next_safe_point(tmp_path):
-    seen = 0
-
-    def terminate(*_):
-        nonlocal seen
-        seen += 1
-        if seen == 30:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    with pytest.raises(RunInterrupted) as info:
-        evaluate(SPEC, tmp_path, terminate, checkpoint_every=10**9, log=())
-    ckpt = checkpoint_path(SPEC, tmp_path)
-    assert str(info.value).startswith("interrupted by SIGTERM at env step 960 (task 2/6 M2); checkpoint written")
-    assert info.value.exit_status == 143
-    assert read_checkpoint(ckpt)["env_steps"] == 960
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
-    record, _ = evaluate(SPEC, tmp_path, resume=True, log=())
-    reference, _ = evaluate(SPEC, None)
-    assert record["curves"] == reference["curves"] and record["R"] == reference["R"]
-
-
+# --- SIGTERM (in process: tests/test_resume.py) ---------------------------------------------------
 #: Starts a command with SIGINT ignored, as a non-interactive shell starts a job with `&` (the
 #: disposition survives exec; no preexec_fn, which is unsafe in this multithreaded process).
 IGNORING_SIGINT = [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
                    "os.execv(sys.argv[1], sys.argv[1:])"]
 
 
-def _wait_for(path, process, seconds=120):
-    deadline = time.monotonic() + seconds
-    while not path.exists():
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, f"{path} did not appear"
-        time.sleep(0.01)
+def signal_after_checkpoint(command, ckpt, *signals, seconds=240) -> tuple[int, str]:
+    """Start ``command``, wait for its checkpoint ``ckpt``, send ``signals`` (0.2 s apart), return
+    (exit status, stderr)."""
+    process = subprocess.Popen(command, env=SINGLE_THREAD, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + seconds
+        while not ckpt.exists():
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, f"{ckpt} did not appear"
+            time.sleep(0.01)
+        for sig in signals:
+            assert process.poll() is None, "the run ended before the signal"
+            process.send_signal(sig)
+            time.sleep(0.2)
+        _, stderr = process.communicate(timeout=seconds)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return process.returncode, stderr
 
 
 def test_background_run_with_sigint_ignored_stops_cleanly_on_sigterm(tmp_path):
@@ -253,20 +246,9 @@ def test_background_run_with_sigint_ignored_stops_cleanly_on_sigterm(tmp_path):
     args = [sys.executable, "-m", "ctmarl.cli", "evaluate", "--scenario", spec.scenario, "--tier", "smoke",
             "--seed", "1", "--out", str(tmp_path), "--checkpoint-every", "300"]
     ckpt = checkpoint_path(spec, tmp_path)
-    process = subprocess.Popen([*IGNORING_SIGINT, *args], env=SINGLE_THREAD, text=True, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)
-    try:
-        _wait_for(ckpt, process)
-        process.send_signal(signal.SIGINT)  # ignored, as in the background of a script
-        time.sleep(0.2)
-        assert process.poll() is None, "SIGINT should be ignored here"
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 143, stderr
+    # SIGINT first: ignored, as in the background of a script; then SIGTERM stops the run.
+    returncode, stderr = signal_after_checkpoint([*IGNORING_SIGINT, *args], ckpt, signal.SIGINT, signal.SIGTERM)
+    assert returncode == 143, stderr
     assert "interrupted by SIGTERM at env step" in stderr and "--resume" in stderr
     assert "task 1/" in stderr  # progress lines (stderr is a pipe, not a terminal)
     stopped_at = read_checkpoint(ckpt)["env_steps"]
@@ -285,16 +267,8 @@ def test_sigterm_to_a_pool_sweep_checkpoints_its_runs(tmp_path):
             "smoke", "--seed", "0", "--seed", "1", "--workers", "2", "--out", str(tmp_path),
             "--checkpoint-every", "300"]
     first = checkpoint_path(RunSpec("predator_prey_penalty", tier="smoke", seed=0), tmp_path)
-    process = subprocess.Popen(args, env=SINGLE_THREAD, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        _wait_for(first, process, seconds=240)
-        process.send_signal(signal.SIGTERM)  # to the parent only, as a scheduler may
-        _, stderr = process.communicate(timeout=240)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 130, stderr
+    returncode, stderr = signal_after_checkpoint(args, first, signal.SIGTERM)  # to the parent only, as a scheduler may
+    assert returncode == 130, stderr
     assert "sweep interrupted" in stderr
     assert not list(tmp_path.glob("*.yaml")) or len(list(tmp_path.glob("*.yaml"))) < 2
     assert first.exists()
