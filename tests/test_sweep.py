@@ -212,7 +212,8 @@ def test_failed_run_is_reported_and_the_others_finish_with_a_dying_worker_retrie
     assert statuses == {"none seed 0": DONE, "test_sweep:FailsAtSecondTask seed 0": FAILED,
                         "test_sweep:DiesOnce seed 0": DONE}
     (failed,) = report.failed
-    assert failed.error == "RuntimeError: deliberate failure at the start of task 2"
+    assert failed.error == ("PluginError: method 'test_sweep:FailsAtSecondTask' raised RuntimeError in on_task_start "
+                            "at task 1 (M2): deliberate failure at the start of task 2")
     log = next(out.glob("*FailsAtSecondTask*.error.log")).read_text()
     assert "Traceback" in log and "deliberate failure" in log
     assert (tmp_path / "died").exists()  # the worker did die, and the retry finished the run
@@ -225,7 +226,8 @@ def test_cli_reports_a_failed_run_and_exits_nonzero(tmp_path):
                                        "--algo", "test_sweep:FailsAtSecondTask", "--neuron-every", "0",
                                        "--out", str(out)])
     assert result.exit_code == 1, result.output
-    assert "FAILED" in result.output and "RuntimeError: deliberate failure at the start of task 2" in result.output
+    assert "FAILED" in result.output
+    assert "raised RuntimeError in on_task_start at task 1 (M2): deliberate failure at the start of task 2" in result.output
     assert "sweep finished: 1 done, 1 failed" in result.output
     assert [p.name for p in out.glob("*.yaml")] == ["matrix_drift-v1_smoke_qmix_none_seed0.yaml"]
 
