@@ -68,10 +68,14 @@ def _provider(ep: metadata.EntryPoint) -> Provider:
     return Provider(ep.value, f"{name} {dist.version}", _normalise(name) == REFERENCE_DISTRIBUTION)
 
 
+def owning_distributions(module_name: str) -> list[str]:
+    """Names of the installed distributions that hold the top-level package of ``module_name``."""
+    return list(metadata.packages_distributions().get(module_name.partition(".")[0]) or [])
+
+
 def _distribution_of_module(module_name: str) -> str | None:
     """The installed distribution ("name version") that holds top-level package of ``module_name``."""
-    top = module_name.partition(".")[0]
-    names = metadata.packages_distributions().get(top) or []
+    names = owning_distributions(module_name)
     if not names:
         return None
     try:

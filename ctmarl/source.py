@@ -44,7 +44,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ctmarl.registry import import_entry_point
+from ctmarl.registry import import_entry_point, owning_distributions
 
 #: Entry-point group plug-in methods register in (ctmarl.registry.METHODS reads it).
 METHOD_GROUP = "ctmarl.methods"
@@ -102,7 +102,7 @@ def providing_distribution(entry_point: str) -> str | None:
     for ep in metadata.entry_points(group=METHOD_GROUP):
         if ep.value == entry_point and getattr(ep, "dist", None) is not None:
             return ep.dist.name
-    owners = metadata.packages_distributions().get(entry_point.partition(":")[0].split(".")[0])
+    owners = owning_distributions(entry_point.partition(":")[0])
     return sorted(owners)[0] if owners else None
 
 
