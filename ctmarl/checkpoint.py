@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import signal
 import tempfile
 import threading
@@ -88,6 +89,12 @@ def remove_stale_temporaries(path: Path) -> None:
         Path(stale).unlink(missing_ok=True)
 
 
+def refused_global(exc: BaseException) -> str | None:
+    """``"GLOBAL module.Class"`` when ``exc`` is a ``weights_only`` load refusing an object, else None."""
+    found = re.search(r"(?:Unsupported global: |unsupported )(GLOBAL [\w.]+)", str(exc))
+    return found.group(1) if found else None
+
+
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """Load and check a checkpoint's structure; any problem is a CheckpointError (file untouched)."""
     path = Path(path)
@@ -98,6 +105,16 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
     except Exception as exc:  # truncated zip, foreign or unsafe pickle: torch raises many types
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        refused = refused_global(exc)
+        if refused is not None:
+            # A complete file holding an object a weights_only load refuses: written by a ctmarl
+            # older than the method-state check (ctmarl.contract), with a method whose state_dict()
+            # holds such an object. The file is intact; the method has to change.
+            raise CheckpointError(
+                f"checkpoint {path} holds an object that a weights_only load refuses ({refused}): the "
+                f"method's state_dict() must hold only tensors, numbers, strings, lists and dicts; fix the "
+                f"method (or, if nobody's method wrote it, distrust the file), then delete the checkpoint to "
+                "start the run over; it was left as it is") from None
         raise CheckpointError(
             f"checkpoint {path} is corrupt or truncated ({reason[:160]}); {keep}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

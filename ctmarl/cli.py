@@ -384,12 +384,16 @@ def leaderboard_build(records_dir, out) -> None:
 @click.argument("root", default="leaderboard", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--reproduce", default=1, show_default=True, type=click.IntRange(min=0),
               help="Smoke-tier records per method to re-run and compare with their records (0: none).")
-def leaderboard_check(root, reproduce) -> None:
+@click.option("--audit-budget", default=900.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds of the records' own recorded run time to spend re-running non-smoke records drawn "
+                   "from a seed derived from the commit (0: none).")
+def leaderboard_check(root, reproduce, audit_budget) -> None:
     """Verify ROOT [default: leaderboard]: every record under ROOT/records is admitted, the committed
-    leaderboard.yaml and LEADERBOARD.md equal a rebuild, and sampled smoke runs reproduce."""
+    leaderboard.yaml and LEADERBOARD.md equal a rebuild, sampled smoke runs reproduce, and so do
+    non-smoke records drawn within --audit-budget."""
     from ctmarl import leaderboard as board_module
 
-    board_module.check(root, reproduce, echo=click.echo)
+    board_module.check(root, reproduce, echo=click.echo, audit_budget_s=audit_budget)
     click.echo("leaderboard check passed")
 
 

@@ -22,6 +22,13 @@ class PluginError(CtmarlError):
     traceback the CLI writes to a log file."""
 
 
+class ContractError(PluginError):
+    """A method broke the method contract during a run (:mod:`ctmarl.contract`): a hook changed
+    parameters outside its declared scope, moved the output of a method declaring
+    ``preserves_output``, left a trainable parameter out of the optimizer, or its state cannot be
+    checkpointed; or its class declarations are malformed."""
+
+
 class RecordError(CtmarlError):
     """A run record is missing, corrupt, or fails validation."""
 

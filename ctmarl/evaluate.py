@@ -16,7 +16,7 @@ from ctmarl.config import stable_hash, to_plain
 from ctmarl.envs.base import BatchedEnv
 from ctmarl.errors import CheckpointError, CtmarlError, OutputError
 from ctmarl.learner import make_learner
-from ctmarl.method import load_method_config, make_method
+from ctmarl.method import canonical_method_name, hook_error, load_method_config, make_method
 from ctmarl.protocol import ProgressFn, RunResult, Training
 from ctmarl.record import (
     SCHEMA_VERSION, config_hash, ensure_writable, provenance, record_filename, seal, write_record,
@@ -138,6 +138,7 @@ def method_block(algo: str, method) -> dict[str, Any]:
     ``--method-config`` that changes something) adds ``variant``, the first 8 hex digits of the
     config's hash: the record's file name carries it, so a variant never overwrites the default
     run's record (or another variant's) in the same folder."""
+    algo = canonical_method_name(algo)
     config = to_plain(method.config)
     block = {"name": algo, "entry_point": METHODS.entry_point(algo), "config": config}
     if config != to_plain(make_method(algo).config):
@@ -290,10 +291,19 @@ def build_record(spec: RunSpec, scenario, learner, method, result: RunResult) ->
         # Trainability at each task end (ctmarl.probe): a measurement, never part of config_hash.
         "plasticity_probe": rounded(result.plasticity_probe),
         # What the method did (not part of config_hash: it is an outcome, not a setting).
-        "method_summary": rounded(method.summary()),
+        "method_summary": rounded(_final_summary(method)),
+        # The method contract as the run checked it (ctmarl.contract); an outcome too.
+        "contract": result.contract or None,
         "content_hash": None,
     }
     return seal(record)
+
+
+def _final_summary(method) -> dict[str, Any]:
+    try:
+        return method.summary()
+    except Exception as exc:  # noqa: BLE001 -- a plug-in's failure: one line naming it
+        raise hook_error(method, "summary", "at the end of the run", exc) from exc
 
 
 #: Decimal places kept for measured numbers in records: scores are computed in float32, whose

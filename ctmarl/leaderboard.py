@@ -35,11 +35,15 @@ or the build fails naming the file (nothing is skipped silently; any other file 
   the hash re-derived from the plug-in installed now (so ``build`` and ``check`` need it
   installed). A reference method's hash is not compared: its code legitimately changes between
   ctmarl commits, which ``git_commit`` names and ``check`` re-runs;
+- the method contract (``contract``, :mod:`ctmarl.contract`): clean and guarded; a reference
+  method's record made before runs carried it may lack it, a plug-in's may not;
 - its scenario is a standard scenario (``name-vN`` in the registry), with the same definition
   hash as the current definition, and its learner is the registered one with exactly the
-  hyperparameters the scenario's tier prescribes, and its method ran with its shipped defaults
-  (no ``method.variant``): no entry is scored on a private variant; its ``tasks`` are the
-  tier's tasks and each has the scenario's ``evals_per_task`` evaluations.
+  hyperparameters the scenario's tier prescribes, and its method is a registered name (not the
+  ``package.module:Class`` form) whose installed entry point is the record's and whose shipped
+  defaults are the record's config (no ``method.variant``, whatever keys the record carries): no
+  entry is scored on a private variant; its ``tasks`` are the tier's tasks and each has the
+  scenario's ``evals_per_task`` evaluations.
 No two records may be the same run (same scenario, version, tier, learner, method and seed), and
 all records of one entry must share the method's entry point and config: to compare configs,
 register the variant under its own method name.
@@ -80,6 +84,7 @@ from __future__ import annotations
 import math
 import re
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -90,6 +95,7 @@ import numpy as np
 import yaml
 
 from ctmarl import stats, validity
+from ctmarl.aggregate import aggregate as cross_scenario_aggregate
 from ctmarl.config import from_mapping, stable_hash, to_plain
 from ctmarl.errors import CtmarlError, RecordError, shorten
 from ctmarl.record import load_record, record_filename, with_recomputed_metrics, write_text_atomic
@@ -104,6 +110,8 @@ MARKDOWN_NAME = "LEADERBOARD.md"
 PLOTS_DIR = "plots"
 #: The reference every entry's probability of improvement is measured against.
 BASELINE_METHOD = "none"
+#: Methods every table is measured against, shown apart and never ranked.
+REFERENCE_METHODS = (BASELINE_METHOD, SCRATCH_METHOD)
 #: Tiers whose tables are listed but never ranked: smoke runs exist so that ``check`` can re-run
 #: them, and are too short to measure anything.
 UNRANKED_TIERS = ("smoke",)
@@ -197,7 +205,7 @@ def check_provenance(record: Mapping[str, Any], where: str) -> None:
                           f"{commit[:12]}: commit everything, then re-run it")
 
 
-def check_method_source(record: Mapping[str, Any], where: str, installed: dict[str, str] | None = None) -> None:
+def check_method_source(record: Mapping[str, Any], where: str, installed: dict[Any, Any] | None = None) -> None:
     """The method's code is identified and unchanged (see the module docstring). ``installed``
     caches re-derived source hashes by entry point across records."""
     from ctmarl.source import source_files, source_hash
@@ -242,9 +250,69 @@ def check_method_source(record: Mapping[str, Any], where: str, installed: dict[s
                           f"{' at ' + commit[:12] if isinstance(commit, str) else ''}) or re-run it")
 
 
-def check_standard_config(record: Mapping[str, Any], where: str) -> None:
-    """The record's scenario and learner are the standard ones, unmodified, and its method ran
-    with its shipped defaults (no ``variant``)."""
+def check_method_identity(method: Mapping[str, Any], where: str, cache: dict[Any, Any]) -> None:
+    """The record's method is the installed one: its entry point is the one its name resolves to
+    and its config the method's shipped defaults, whatever else the record says (a deleted
+    ``variant`` key); a registered method's ``package.module:Class`` form is refused (its runs
+    are the name's). ``cache`` keeps each name's answer across records."""
+    from ctmarl.method import canonical_method_name, make_method
+    from ctmarl.registry import METHODS
+
+    name = method["name"]
+    if ":" in name and canonical_method_name(name) != name:
+        raise RecordError(f"{where}: method {name!r} is the class form of the registered method "
+                          f"{canonical_method_name(name)!r}; its runs count under that name: re-run it with "
+                          f"--algo {canonical_method_name(name)}")
+    # An unregistered class (``package.module:Class``) is its own entry point, its defaults its
+    # Config's: the same rule holds.
+    key = ("method", name)
+    if key not in cache:
+        try:
+            cache[key] = (METHODS.entry_point(name), to_plain(make_method(name).config))
+        except CtmarlError as exc:
+            cache[key] = exc
+    if isinstance(cache[key], CtmarlError):
+        raise RecordError(f"{where}: {cache[key]}") from None
+    entry_point, shipped = cache[key]
+    if method["entry_point"] != entry_point:
+        raise RecordError(f"{where}: method {name!r} ran from {shorten(repr(method['entry_point']), 80)}, not the "
+                          f"installed {entry_point}")
+    if method["config"] != shipped:
+        config = method["config"] if isinstance(method["config"], Mapping) else {}
+        differing = sorted(map(str, set(shipped) | set(config)), key=str)
+        differing = [k for k in differing if config.get(k, _MISSING) != shipped.get(k, _MISSING)]
+        raise RecordError(f"{where}: the config of method {name!r} differs from its shipped defaults "
+                          f"({shorten(', '.join(differing) or 'its type', 120)}); to rank a variant, register it under "
+                          "its own method name with those defaults")
+
+
+_MISSING = object()
+
+
+def check_contract(record: Mapping[str, Any], where: str) -> None:
+    """The run kept the method contract as ``ctmarl evaluate`` checked it (:mod:`ctmarl.contract`):
+    ``contract.clean`` is true and the learner was guarded. A reference method's record made
+    before runs carried ``contract`` is admitted without it (``validate-method`` checks the
+    reference methods in CI); a plug-in's never is."""
+    entry_point = record["method"]["entry_point"]
+    reference = entry_point.partition(":")[0].split(".")[0] in REFERENCE_PACKAGES
+    contract = record.get("contract")
+    if contract is None:
+        if reference:
+            return
+        raise RecordError(f"{where}: contract is missing: a plug-in method's record must carry the outcome of the "
+                          "method contract that ctmarl evaluate checks as the run goes; re-run it with this ctmarl "
+                          "version")
+    if contract.get("clean") is not True or contract.get("guarded") is not True:
+        raise RecordError(f"{where}: contract: the run's method contract is not clean (clean: "
+                          f"{shorten(repr(contract.get('clean')), 20)}, guarded: "
+                          f"{shorten(repr(contract.get('guarded')), 20)}); only runs whose every hook call was "
+                          "checked are ranked")
+
+
+def check_standard_config(record: Mapping[str, Any], where: str, cache: dict[Any, Any] | None = None) -> None:
+    """The record's scenario and learner are the standard ones, unmodified, and its method is the
+    installed one with its shipped defaults (no ``variant``, :func:`check_method_identity`)."""
     from ctmarl.registry import LEARNERS
     from ctmarl.scenario import make_scenario
 
@@ -264,6 +332,7 @@ def check_standard_config(record: Mapping[str, Any], where: str) -> None:
         raise RecordError(f"{where}: method {method['name']!r} ran with a config other than its shipped "
                           f"defaults (variant {method['variant']}); to rank a variant, register it under "
                           "its own method name with those defaults")
+    check_method_identity(method, where, {} if cache is None else cache)
     learner = record["learner"]
     try:
         entry_point = LEARNERS.entry_point(learner["name"])
@@ -292,7 +361,7 @@ def check_standard_config(record: Mapping[str, Any], where: str) -> None:
                           f"({', '.join(differing)})")
 
 
-def admit(path: Path, records_dir: Path, installed: dict[str, str] | None = None) -> Admitted:
+def admit(path: Path, records_dir: Path, installed: dict[Any, Any] | None = None) -> Admitted:
     """Load ``path`` and apply every admission rule; raise RecordError naming the file. The
     admitted record's metrics are the ones recomputed from its curves and R. ``installed``: see
     :func:`check_method_source`."""
@@ -302,29 +371,27 @@ def admit(path: Path, records_dir: Path, installed: dict[str, str] | None = None
     if path.name != expected_name:
         raise RecordError(f"{where}: named {path.name}, but its content is the run {expected_name}")
     check_provenance(record, where)
+    # The registered method first: a record naming other code (os:system) is refused before any
+    # of that code is imported to hash it.
+    check_standard_config(record, where, installed)
     check_method_source(record, where, installed)
-    check_standard_config(record, where)
+    check_contract(record, where)
     return Admitted(path.relative_to(records_dir).as_posix(), with_recomputed_metrics(record))
 
 
 def admit_all(records_dir: Path) -> list[Admitted]:
     """Every record under ``records_dir``, admitted, with duplicates and mixed configs rejected."""
     records_dir = Path(records_dir)
-    installed: dict[str, str] = {}
+    installed: dict[Any, Any] = {}
     admitted = [admit(path, records_dir, installed) for path in record_files(records_dir)]
     runs: dict[tuple, Admitted] = {}
-    entries: dict[tuple, Admitted] = {}
     for item in admitted:
         run_key = (*item.key, item.seed)
         if run_key in runs:
             raise RecordError(f"{records_dir / item.file}: the same run as {records_dir / runs[run_key].file}")
         runs[run_key] = item
-        first = entries.setdefault(item.key, item)
-        for part in ("entry_point", "config"):
-            if item.record["method"][part] != first.record["method"][part]:
-                raise RecordError(
-                    f"{records_dir / item.file}: method {part} differs from {records_dir / first.file} "
-                    f"of the same entry; one entry is one config (register a variant under its own name)")
+    # One entry is one config: every record's entry point and config equal the installed method's
+    # (check_method_identity), so the records of an entry cannot differ in them.
     return admitted
 
 
@@ -371,6 +438,11 @@ def _forgetting(items: list[Admitted]) -> float | str:
     return float(np.mean(values))
 
 
+def _retention(items: list[Admitted]) -> float:
+    """Mean over seeds of mean_j R[K-1][j]: the score on every task after the last one."""
+    return float(np.mean([np.mean(item.record["R"][-1]) for item in items]))
+
+
 def entry_statistics(items: list[Admitted], pool: list[Admitted], baseline: list[Admitted] | None) -> dict[str, Any]:
     """The numbers of one entry (``items``, sorted by seed); ``pool`` = the records of its table
     (for the scratch reference), ``baseline`` = the ``none`` entry's records or None."""
@@ -388,6 +460,7 @@ def entry_statistics(items: list[Admitted], pool: list[Admitted], baseline: list
         "auc_iqm_ci95": ci,
         "auc_mean": float(np.mean([i.record["metrics"]["auc"] for i in items])),
         "performance_mean": float(np.mean([i.record["metrics"]["performance"] for i in items])),
+        "retention": _retention(items),
         "plasticity_ratio": _plasticity_ratio(items, pool),
         "forgetting": _forgetting(items),
         "probability_of_improvement_over_none": poi,
@@ -426,6 +499,8 @@ class Board:
 class Leaderboard:
     boards: list[Board]
     n_records: int
+    aggregate: list[dict[str, Any]] = field(default_factory=list)
+    """The cross-scenario aggregate (:mod:`ctmarl.aggregate`)."""
 
     def data(self) -> dict[str, Any]:
         """The content of leaderboard.yaml."""
@@ -438,6 +513,8 @@ class Leaderboard:
                                  f"task), {stats.CI_RESAMPLES} resamples, seed {stats.CI_SEED} "
                                  "(scipy.stats.bootstrap)"),
                 "plasticity_ratio": f"mean over seeds of mean_k AUC_k / AUC_k of {SCRATCH_METHOD} with the same seed",
+                "retention": ("mean over seeds of mean_j R[K-1][j]: the score on every task after the last one "
+                              f"(the other side of the trade-off: {SCRATCH_METHOD} wins AUC by forgetting)"),
                 "forgetting": "mean over seeds of mean_j (max_{k<K} R[k][j] - R[K][j])",
                 "probability_of_improvement_over_none": (
                     f"mean over tasks of P(AUC_k of a run of this method > AUC_k of a run of {BASELINE_METHOD}), "
@@ -447,6 +524,12 @@ class Leaderboard:
                              "both; null otherwise"),
                 "rank": (f"within a table, by auc_iqm (ties share a rank), for entries with >= {MIN_RANKED_SEEDS} "
                          "seeds; null for the others, listed after the ranked ones, `unranked` saying why"),
+                "reference": (f"{' and '.join(REFERENCE_METHODS)}: the references every table is measured against "
+                              "(keep the network; train each task from scratch), never ranked, listed last"),
+                "aggregate": ("per learner and method, the IQM over every valid scenario (validity: shows "
+                              "plasticity loss), seed and task of the AUC normalised between none (0) and "
+                              "reset_all (1) of the same seed, with a 95% stratified-bootstrap interval "
+                              "((scenario, task) strata); see ctmarl/aggregate.py"),
                 "unranked_entries": (f"the entries of {'/'.join(UNRANKED_TIERS)}-tier tables: kept because "
                                      "`ctmarl leaderboard check` re-runs their records, never ranked"),
                 "metrics": ("every number is computed from the records' curves and R; a record whose stored "
@@ -454,13 +537,14 @@ class Leaderboard:
             },
             "boards": [{"scenario": b.scenario, "version": b.version, "tier": b.tier, "learner": b.learner,
                         "validity": b.validity} for b in self.boards],
+            "aggregate": self.aggregate,
             "entries": [entry for board in self.boards if board.ranked for entry in board.entries],
             "unranked_entries": [entry for board in self.boards if not board.ranked for entry in board.entries],
         }
 
     def yaml_text(self) -> str:
         data = self.data()
-        entries = {key: data.pop(key) for key in ("entries", "unranked_entries")}
+        entries = {key: data.pop(key) for key in ("aggregate", "entries", "unranked_entries")}
         # The explanations in block style, the entries with short lists inline (seeds, CI).
         return (_HEADER + yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=100)
                 + yaml.safe_dump(entries, sort_keys=False, default_flow_style=None, width=100))
@@ -511,6 +595,7 @@ def assemble(admitted: list[Admitted]) -> Leaderboard:
             board.entries.append({
                 "scenario": board.scenario, "version": board.version, "tier": board.tier,
                 "learner": board.learner, "method": method, "rank": None, "unranked": None,
+                "reference": method in REFERENCE_METHODS,
                 "method_entry_point": items[0].record["method"]["entry_point"],
                 "seeds": [i.seed for i in items],
                 **numbers,
@@ -518,7 +603,7 @@ def assemble(admitted: list[Admitted]) -> Leaderboard:
             })
         rank_entries(board)
         boards.append(board)
-    return Leaderboard(boards, len(admitted))
+    return Leaderboard(boards, len(admitted), cross_scenario_aggregate(boards, by_board))
 
 
 def _unranked_reason(board: Board, entry: Mapping[str, Any]) -> str | None:
@@ -526,6 +611,8 @@ def _unranked_reason(board: Board, entry: Mapping[str, Any]) -> str | None:
     if not board.ranked:
         return (f"{board.tier} tier: its records are kept so that `ctmarl leaderboard check` can re-run "
                 "them, not to rank methods")
+    if entry["reference"]:
+        return "a reference, not a contender"
     if len(entry["seeds"]) < MIN_RANKED_SEEDS:
         return f"{len(entry['seeds'])} seed: a rank needs at least {MIN_RANKED_SEEDS}"
     return None
@@ -536,7 +623,7 @@ def rank_entries(board: Board) -> None:
     unranked ones (``rank`` None, ``unranked`` their reason) by ``auc_iqm``."""
     for entry in board.entries:
         entry["rank"], entry["unranked"] = None, _unranked_reason(board, entry)
-    board.entries.sort(key=lambda e: (e["unranked"] is not None, -e["auc_iqm"], e["method"]))
+    board.entries.sort(key=lambda e: (e["reference"], e["unranked"] is not None, -e["auc_iqm"], e["method"]))
     for position, entry in enumerate(board.entries):
         if entry["unranked"] is not None:
             continue
@@ -574,8 +661,12 @@ def render_markdown(leaderboard: Leaderboard) -> str:
         "  a task's evaluations: learning speed) over all seeds × tasks, with a 95% stratified-bootstrap",
         "  interval (seeds resampled within tasks; needs ≥ 2 seeds). Ranked by it; entries with fewer than",
         f"  {MIN_RANKED_SEEDS} seeds are listed after the ranked ones without a rank (–).",
-        f"- **performance**: mean final score per task; **PR**: plasticity ratio against `{SCRATCH_METHOD}` with",
-        "  the same seeds; **forgetting**: mean drop from a task's best score to its score after the last task.",
+        f"- **performance**: mean final score per task; **retention**: mean score on every task after the last",
+        f"  one (`{SCRATCH_METHOD}` wins AUC by forgetting: read the two together); **PR**: plasticity ratio against",
+        f"  `{SCRATCH_METHOD}` with the same seeds; **forgetting**: mean drop from a task's best score to its score",
+        "  after the last task.",
+        f"- **References** (`{BASELINE_METHOD}`: keep the network; `{SCRATCH_METHOD}`: train each task from scratch)",
+        "  are listed last in every table (rank `ref`) and never ranked.",
         "- **P(> none)**: probability that a run of the method has a higher task AUC than a run of "
         f"`{BASELINE_METHOD}`.",
         "- **Validity**: whether the table's scenario tier measures plasticity loss, by `ctmarl validity` from its",
@@ -586,6 +677,7 @@ def render_markdown(leaderboard: Leaderboard) -> str:
     ]
     if not leaderboard.boards:
         lines += ["No records yet.", ""]
+    lines += _aggregate_markdown(leaderboard)
     ranked = [board for board in leaderboard.boards if board.ranked]
     unranked = [board for board in leaderboard.boards if not board.ranked]
     for board in ranked:
@@ -599,10 +691,57 @@ def render_markdown(leaderboard: Leaderboard) -> str:
     return "\n".join(lines)
 
 
+def _aggregate_markdown(leaderboard: Leaderboard) -> list[str]:
+    """The headline: the cross-scenario aggregate per learner (ctmarl/aggregate.py)."""
+    lines = ["## Across valid scenarios", "",
+             "IQM of the per-task AUC normalised between `none` (0) and `reset_all` (1) of the same seed, over every",
+             "ranked table whose validity verdict is *shows plasticity loss*, with a 95% stratified-bootstrap",
+             "interval ((scenario, task) strata). Each method is aggregated over the tables it has records in",
+             "(listed with their seeds); definitions in ctmarl/aggregate.py.", ""]
+    if not leaderboard.aggregate:
+        return lines + ["No valid table has `none` and `reset_all` records of the same seeds yet.", ""]
+    for learner in sorted({e["learner"] for e in leaderboard.aggregate}):
+        rows = [e for e in leaderboard.aggregate if e["learner"] == learner]
+        lines += [f"### {learner}", "", f"![normalised AUC per method]({PLOTS_DIR}/{aggregate_plot_name(learner)})", "",
+                  "| method | normalised IQM AUC [95% CI] | tables (seeds) |", "| --- | --- | --- |"]
+        for e in rows:
+            ci = "" if isinstance(e["normalised_auc_iqm_ci95"], str) else " " + _cell(e["normalised_auc_iqm_ci95"])
+            tables = "; ".join(f"{t['table'].split(' · ')[0]} ({len(t['seeds'])})" for t in e["scenarios"])
+            name = f"`{e['method']}` (reference)" if e["reference"] else f"`{e['method']}`"
+            lines.append(f"| {name} | {e['normalised_auc_iqm']:.3f}{ci} | {tables} |")
+        lines.append("")
+    return lines
+
+
+def aggregate_plot_name(learner: str) -> str:
+    return f"aggregate_{learner}.png"
+
+
+def plot_aggregate(rows: list[dict[str, Any]], learner: str, path: Path) -> Path:
+    """Bars of the normalised IQM with 95% CI whiskers, contenders then references."""
+    from ctmarl.plots import _figure
+
+    figure = _figure(max(4.0, 0.8 * len(rows) + 2.0), 3.2)
+    ax = figure.add_subplot()
+    x = np.arange(len(rows))
+    iqm = np.array([e["normalised_auc_iqm"] for e in rows])
+    ci = [e["normalised_auc_iqm_ci95"] if isinstance(e["normalised_auc_iqm_ci95"], list) else [v, v]
+          for e, v in zip(rows, iqm)]
+    ax.bar(x, iqm, color=["tab:gray" if e["reference"] else "tab:blue" for e in rows], alpha=0.8)
+    ax.errorbar(x, iqm, yerr=[iqm - np.array([c[0] for c in ci]), np.array([c[1] for c in ci]) - iqm],
+                fmt="none", ecolor="black", capsize=4)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.axhline(1.0, color="tab:gray", linewidth=0.8, linestyle="--")
+    ax.set_xticks(x, [e["method"] for e in rows], rotation=30, ha="right")
+    ax.set(ylabel="normalised AUC, IQM (95% CI)", title=f"across valid scenarios · {learner}")
+    figure.savefig(path, dpi=100, metadata={"Software": None})
+    return path
+
+
 def _board_markdown(board: Board, heading: str) -> list[str]:
     """One table: its heading, plot, rows (a rank column in ranked tables), validity and notes."""
-    columns = "| method | seeds | IQM AUC [95% CI] | performance | PR | forgetting | P(> none) |"
-    rule = "| --- | ---: | --- | ---: | ---: | ---: | ---: |"
+    columns = "| method | seeds | IQM AUC [95% CI] | performance | retention | PR | forgetting | P(> none) |"
+    rule = "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"
     if board.ranked:
         columns, rule = "| rank " + columns, "| ---: " + rule
     lines = [f"{heading} {board.title}", "", f"![IQM of AUC per method]({PLOTS_DIR}/{board.plot_name})", "",
@@ -610,12 +749,15 @@ def _board_markdown(board: Board, heading: str) -> list[str]:
     notes, unranked = [], []
     for e in board.entries:
         ci = "" if isinstance(e["auc_iqm_ci95"], str) else " " + _cell(e["auc_iqm_ci95"])
-        rank = "" if not board.ranked else f"| {'–' if e['rank'] is None else e['rank']} "
-        lines.append(f"{rank}| `{e['method']}` | {len(e['seeds'])} | {e['auc_iqm']:.3f}{ci} | "
-                     f"{_cell(e['performance_mean'])} | " + " | ".join(_cell(e[c]) for c in _COLUMNS) + " |")
+        mark = "ref" if e["reference"] else "–"
+        rank = "" if not board.ranked else f"| {mark if e['rank'] is None else e['rank']} "
+        name = f"`{e['method']}` (reference)" if e["reference"] else f"`{e['method']}`"
+        lines.append(f"{rank}| {name} | {len(e['seeds'])} | {e['auc_iqm']:.3f}{ci} | "
+                     f"{_cell(e['performance_mean'])} | {_cell(e['retention'])} | "
+                     + " | ".join(_cell(e[c]) for c in _COLUMNS) + " |")
         notes += [f"- `{e['method']}` {c.replace('_', ' ')}: {e[c].removeprefix('n/a: ')}"
                   for c in _COLUMNS if isinstance(e[c], str)]
-        if board.ranked and e["unranked"] is not None:
+        if board.ranked and e["unranked"] is not None and not e["reference"]:
             unranked.append(f"- `{e['method']}`: {e['unranked']}")
     if board.validity is not None:
         lines += ["", f"Validity: {board.validity['verdict']} — {board.validity['reason']}"]
@@ -654,7 +796,8 @@ def write(leaderboard: Leaderboard, out: Path | str) -> list[Path]:
     written = [write_text_atomic(leaderboard.yaml_text(), out / YAML_NAME),
                write_text_atomic(leaderboard.markdown(), out / MARKDOWN_NAME)]
     plots = out / PLOTS_DIR
-    wanted = {board.plot_name for board in leaderboard.boards}
+    learners = sorted({e["learner"] for e in leaderboard.aggregate})
+    wanted = {board.plot_name for board in leaderboard.boards} | {aggregate_plot_name(x) for x in learners}
     if plots.is_dir():
         for stale in plots.glob("*.png"):
             if stale.name not in wanted:
@@ -662,6 +805,8 @@ def write(leaderboard: Leaderboard, out: Path | str) -> list[Path]:
     if wanted:
         plots.mkdir(parents=True, exist_ok=True)
         written += [plot_board(board, plots / board.plot_name) for board in leaderboard.boards]
+        written += [plot_aggregate([e for e in leaderboard.aggregate if e["learner"] == learner], learner,
+                                   plots / aggregate_plot_name(learner)) for learner in learners]
     return written
 
 
@@ -726,10 +871,11 @@ def compare_committed(leaderboard: Leaderboard, root: Path) -> None:
     difference = _first_line_difference(md_path.read_text(), leaderboard.markdown())
     if difference:
         raise LeaderboardError(f"{md_path} differs from the rebuild from its records: {difference}{hint}")
-    for board in leaderboard.boards:
-        if not (root / PLOTS_DIR / board.plot_name).is_file():
-            raise LeaderboardError(f"{root / PLOTS_DIR / board.plot_name} (linked from {MARKDOWN_NAME}) is "
-                                   f"missing{hint}")
+    names = [board.plot_name for board in leaderboard.boards]
+    names += [aggregate_plot_name(learner) for learner in sorted({e["learner"] for e in leaderboard.aggregate})]
+    for name in names:
+        if not (root / PLOTS_DIR / name).is_file():
+            raise LeaderboardError(f"{root / PLOTS_DIR / name} (linked from {MARKDOWN_NAME}) is missing{hint}")
 
 
 def _numbers_differ(a: Any, b: Any, path: str) -> str | None:
@@ -820,10 +966,76 @@ def reproduction_sample(admitted: list[Admitted], per_method: int) -> list[Admit
     return sample
 
 
+#: CPU seconds (as the records' own runs measured them) that ``check`` spends by default re-running
+#: sampled non-smoke records (:func:`audit_sample`).
+AUDIT_BUDGET_S = 900.0
+
+
+def audit_seed(root: Path) -> int:
+    """The seed of the audit draw: from the commit the check runs on (``git rev-parse HEAD``), so
+    the draw changes with every commit and a record cannot be made to sit outside it; outside a
+    git work tree, from the records' content hashes."""
+    import hashlib
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=30, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        head = ""
+    if not head:
+        head = "".join(sorted(str(r.get("content_hash")) for r in
+                              (load_record(p) for p in record_files(root / RECORDS_DIR))))
+    return int.from_bytes(hashlib.sha256(f"ctmarl-audit:{head}".encode()).digest()[:8], "big")
+
+
+def audit_sample(admitted: list[Admitted], budget_s: float, seed: int) -> list[Admitted]:
+    """Non-smoke CPU records to re-run within ``budget_s``: the (scenario, tier, learner, method)
+    groups in an order drawn from ``seed``, one record per group drawn likewise, each taken while
+    its cost fits what is left of the budget. A record's cost is the median ``wall_time_s`` of its
+    (scenario, version, tier) records, so one record cannot make itself look too long to draw.
+    Records longer than the whole budget are never drawn at that budget (say so, and raise it)."""
+    rng = np.random.default_rng(seed)
+    groups: dict[tuple, list[Admitted]] = {}
+    walls: dict[tuple, list[float]] = {}
+    for item in admitted:
+        if item.key[2] == "smoke" or item.record["provenance"].get("device") != "cpu":
+            continue
+        groups.setdefault(item.key, []).append(item)
+        walls.setdefault(item.key[:3], []).append(float(item.record["timing"]["wall_time_s"]))
+    cost = {key: float(np.median(values)) for key, values in walls.items()}
+    sample, left = [], float(budget_s)
+    for index in rng.permutation(len(groups)):
+        key = sorted(groups)[index]
+        members = sorted(groups[key], key=lambda i: i.seed)
+        item = members[int(rng.integers(len(members)))]
+        if cost[key[:3]] <= left:
+            sample.append(item)
+            left -= cost[key[:3]]
+    return sample
+
+
+def _rerun(item: Admitted, records_dir: Path) -> None:
+    where = records_dir / item.file
+    try:  # against the record as stored (item.record's metrics are recomputed ones)
+        difference = reproduce(load_record(where))
+    except CtmarlError as exc:
+        raise LeaderboardError(f"{where}: cannot re-run it: {exc} (a plug-in method must be installed "
+                               "for the check; see CONTRIBUTING.md)") from None
+    if difference:
+        prov = item.record["provenance"]
+        raise LeaderboardError(
+            f"{where} does not reproduce: {difference} (recorded with torch {prov.get('torch')} on "
+            f"{prov.get('machine')} at {prov.get('git_commit', '')[:12]})")
+
+
 def check(root: Path | str, reproduce_per_method: int = 1,
-          echo: Callable[[str], None] = lambda line: None) -> Leaderboard:
+          echo: Callable[[str], None] = lambda line: None, audit_budget_s: float = AUDIT_BUDGET_S,
+          audit_seed_value: int | None = None) -> Leaderboard:
     """Verify the committed leaderboard under ``root`` (see the module docstring); raise on the
-    first problem. ``reproduce_per_method`` smoke records per method are re-run (0 = none)."""
+    first problem. ``reproduce_per_method`` smoke records per method are re-run (0 = none); then
+    non-smoke records drawn by :func:`audit_sample` within ``audit_budget_s`` (0 = none), from
+    :func:`audit_seed` unless ``audit_seed_value`` is given."""
     root = Path(root)
     records_dir = root / RECORDS_DIR
     admitted = admit_all(records_dir)
@@ -837,16 +1049,16 @@ def check(root: Path | str, reproduce_per_method: int = 1,
         if not sample:
             echo("no records, nothing to re-run")
         for item in sample:
-            where = records_dir / item.file
-            try:  # against the record as stored (item.record's metrics are recomputed ones)
-                difference = reproduce(load_record(where))
-            except CtmarlError as exc:
-                raise LeaderboardError(f"{where}: cannot re-run it: {exc} (a plug-in method must be installed "
-                                       "for the check; see CONTRIBUTING.md)") from None
-            if difference:
-                prov = item.record["provenance"]
-                raise LeaderboardError(
-                    f"{where} does not reproduce: {difference} (recorded with torch {prov.get('torch')} on "
-                    f"{prov.get('machine')} at {prov.get('git_commit', '')[:12]})")
+            _rerun(item, records_dir)
             echo(f"re-ran {item.file}: matches")
+    if audit_budget_s > 0:
+        seed = audit_seed(root) if audit_seed_value is None else audit_seed_value
+        sample = audit_sample(admitted, audit_budget_s, seed)
+        total = sum(1 for item in admitted if item.key[2] != "smoke")
+        echo(f"audit: {len(sample)} of {total} non-smoke records drawn (seed {seed}, budget {audit_budget_s:.0f} s "
+             "of their recorded CPU time)")
+        for item in sample:
+            started = time.perf_counter()
+            _rerun(item, records_dir)
+            echo(f"re-ran {item.file}: matches ({time.perf_counter() - started:.0f} s)")
     return leaderboard

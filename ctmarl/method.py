@@ -134,9 +134,17 @@ def read_config_yaml(source: Any, where: str) -> dict[str, Any]:
     return dict(data)
 
 
+def canonical_method_name(name: str) -> str:
+    """The registered name of a ``package.module:Class`` reference to a registered method (its
+    records, file names and shipped defaults are the name form's: one run is one leaderboard
+    entry whichever way it was asked for); any other name unchanged."""
+    return METHODS.name_of(name) if ":" in name else name
+
+
 def method_defaults_file(name: str) -> Any | None:
     """``configs/<name>.yaml`` beside the module of the method registered as ``name``, if shipped."""
-    if ":" in name:  # a direct package.module:Class reference has no registered name
+    name = canonical_method_name(name)
+    if ":" in name:  # a class reference that is not registered has no name to find defaults by
         return None
     package = method_class(name).__module__.rpartition(".")[0]
     if not package:

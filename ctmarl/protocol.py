@@ -46,6 +46,7 @@ from ctmarl.checkpoint import CheckpointWriter, InterruptRequest, global_rng_sta
 from ctmarl.envs.base import BatchedEnv, blend_settings
 from ctmarl.errors import NonFiniteLossError, RunInterrupted
 from ctmarl.learner import EpisodeBatch, Learner, NeuronGroup
+from ctmarl.contract import ContractGuard
 from ctmarl.method import Method, MethodContext, hook_error
 from ctmarl.neurons import GroupSnapshot, NeuronMonitor
 from ctmarl.probe import PlasticityProbe, ProbeSettings
@@ -129,6 +130,9 @@ class RunResult:
     resumed_at_env_steps: list[int] = field(default_factory=list)
     #: The plasticity probe's results (ctmarl.probe.PlasticityProbe.result), None when off.
     plasticity_probe: dict[str, Any] | None = None
+    #: The method contract's counters while the run goes, its outcome once it is over
+    #: (ctmarl.contract.ContractGuard.outcome).
+    contract: dict[str, Any] = field(default_factory=dict)
 
     def log_neurons(self, snapshot: dict[str, GroupSnapshot], groups: list[NeuronGroup], task: int) -> None:
         log = self.neurons
@@ -271,10 +275,14 @@ class Training:
         self.log: RunLog | None = None
         self._wall_time_before = 0.0  # of earlier segments of a resumed run
         self._segment_started = time.perf_counter()
-        try:
-            method.attach(learner, MethodContext(len(self.tasks), self.protocol.announce_task_boundaries, seed))
-        except Exception as exc:  # noqa: BLE001 -- a plug-in's failure: one line naming it (see hook_error)
-            raise hook_error(method, "attach", "before training", exc) from exc
+        # Every hook call goes through the guard: a plug-in's exception becomes one error line
+        # naming it, and the cheap part of the method contract is checked (ctmarl.contract).
+        self.guard = ContractGuard(learner, method, seed)
+        self.result.contract = self.guard.fresh_counts()
+        self.guard.check_protocol()
+        context = MethodContext(len(self.tasks), self.protocol.announce_task_boundaries, seed)
+        self.guard.call("attach", "before training", lambda: method.attach(learner, context), self.result.contract)
+        self.guard.round_trip("after attach", self.result.contract)
 
     # --- the loop --------------------------------------------------------------------------------
     def train(
@@ -312,6 +320,7 @@ class Training:
         self.result.wall_time_s = self._wall_time()
         if self.probe is not None:
             self.result.plasticity_probe = self.probe.result()
+        self.result.contract = self.guard.outcome(self.result.contract)
         return self.result
 
     def _start_task(self, task: Task) -> None:
@@ -320,10 +329,8 @@ class Training:
         if self.protocol.reset_exploration:
             position.explore_steps = 0
         if self.protocol.announce_task_boundaries:
-            try:
-                self.method.on_task_start(task.index)
-            except Exception as exc:  # noqa: BLE001
-                raise hook_error(self.method, "on_task_start", f"at task {task.index} ({task.name})", exc) from exc
+            self.guard.call("on_task_start", f"at task {task.index} ({task.name})",
+                            lambda: self.method.on_task_start(task.index), self.result.contract)
         position.task_steps, position.next_eval, position.score = 0, 0, 0.0
         position.task_started = True
 
@@ -361,14 +368,13 @@ class Training:
                 self._emit("neurons", task.index, {
                     f"{name}/{key}": getattr(group, key) for name, group in snapshot.items()
                     for key in ("stagnant_ratio", "dormant_ratio", "grama_ratio")})
-            try:
-                self.method.after_update(result.updates)
-            except Exception as exc:  # noqa: BLE001
-                raise hook_error(self.method, "after_update", f"at update {result.updates}", exc) from exc
+            self.guard.call("after_update", f"at update {result.updates}",
+                            lambda: self.method.after_update(result.updates), result.contract)
             if result.updates % TRAIN_EVERY_UPDATES == 0:
                 self._emit("train", task.index, {
                     **{k: float(v) for k, v in stats.items()}, "epsilon": learner.epsilon(position.explore_steps)})
-                self._emit("method", task.index, flatten_numbers(self.method.summary()))
+                self._emit("method", task.index, flatten_numbers(
+                    self.guard.summary(f"at update {result.updates}")))
         points = self.eval_points
         while position.next_eval < len(points) and position.task_steps >= points[position.next_eval]:
             score, episode_return = self.evaluator(learner, task.index)
@@ -397,10 +403,8 @@ class Training:
     def _after_backward(self) -> None:
         if self.monitor is not None:
             self.monitor.after_backward()  # measure the gradients before a method may alter them
-        try:
-            self.method.after_backward()
-        except Exception as exc:  # noqa: BLE001
-            raise hook_error(self.method, "after_backward", f"at update {self.result.updates + 1}", exc) from exc
+        self.guard.call("after_backward", f"at update {self.result.updates + 1}", self.method.after_backward,
+                        self.result.contract, grads=True)
 
     def _stop_on_non_finite(self, loss: float, task: Task) -> None:
         kept = "" if self.checkpoint is None else f"; {self.checkpoint.describe()}"
@@ -421,12 +425,11 @@ class Training:
             result.q_tot_mse.append(mse)
         if self.probe is not None:
             self.probe.at_task_end(self.learner)
+        where = f"at task {task.index} ({task.name})"
         if self.protocol.announce_task_boundaries:
-            try:
-                self.method.on_task_end(task.index)
-            except Exception as exc:  # noqa: BLE001
-                raise hook_error(self.method, "on_task_end", f"at task {task.index} ({task.name})", exc) from exc
-        self._emit("method", task.index, flatten_numbers(self.method.summary()))
+            self.guard.call("on_task_end", where, lambda: self.method.on_task_end(task.index), result.contract)
+        self.guard.round_trip(f"at the end of task {task.index} ({task.name})", result.contract)
+        self._emit("method", task.index, flatten_numbers(self.guard.summary(where)))
         self._emit("R", task.index, {f"task_{j}": value for j, value in enumerate(result.R[-1])})
         self.position.task, self.position.task_started = task.index + 1, False
         self.env = None
@@ -449,7 +452,7 @@ class Training:
             "position": dataclasses.asdict(self.position),
             "result": result,
             "learner": self.learner.checkpoint_state(),
-            "method": self.method.state_dict(),
+            "method": self.guard.round_trip(f"at a checkpoint (env step {self.result.env_steps})", None),
             "neuron_tracker": None if self.monitor is None else self.monitor.tracker.state_dict(),
             "probe": None if self.probe is None else self.probe.state_dict(),
             "explore_generator": self.explore_generator.get_state(),
@@ -462,7 +465,11 @@ class Training:
         """Continue from :meth:`state_dict` of the same run (same scenario, tier, configs, seed)."""
         # The method first: it may re-create structure (KNIFE's grown layers) that the learner's
         # weights and optimizer state are then loaded into.
-        self.method.load_state_dict(state["method"])
+        try:
+            self.method.load_state_dict(state["method"])
+        except Exception as exc:  # noqa: BLE001
+            raise hook_error(self.method, "load_state_dict", "resuming from a checkpoint", exc) from exc
+        self.guard.structure_changed()
         self.learner.load_checkpoint_state(state["learner"])
         if self.monitor is not None:
             self.monitor.tracker.load_state_dict(state["neuron_tracker"], self.learner.device)

@@ -225,7 +225,7 @@ _OPTIONAL_TYPES: dict[str, Any] = {
     "method.variant": (str, type(None)), "provenance.git_commit": (str, type(None)),
     "provenance.method": (dict, type(None)),
     "provenance.torch_threads": (int, type(None)), "provenance.device": (str, type(None)),
-    "neurons": (dict, type(None)), "method_summary": (dict, type(None)), "plasticity_probe": (dict, type(None)),
+    "neurons": (dict, type(None)), "method_summary": (dict, type(None)), "plasticity_probe": (dict, type(None)), "contract": (dict, type(None)),
     "R_return": list, "task_definition": list, "metrics.q_tot_mse_per_task": (list, type(None)),
 }
 #: The element type of list fields (curves columns not named here hold numbers).

@@ -76,8 +76,22 @@ def stratified_bootstrap_ci(
     array = as_scores(scores)
     if array.shape[0] < 2:
         raise ValueError(f"a bootstrap CI needs at least 2 runs, got {array.shape[0]}")
+    return stratified_bootstrap_ci_of_strata(tuple(array.T), level, resamples, seed)
+
+
+def stratified_bootstrap_ci_of_strata(
+    strata, level: float = CI_LEVEL, resamples: int = CI_RESAMPLES, seed: int = CI_SEED
+) -> Interval:
+    """As :func:`stratified_bootstrap_ci` for strata of different sizes: ``strata`` is a sequence
+    of 1-d arrays (one per stratum, e.g. per scenario and task, its runs), each resampled with
+    replacement on its own; the IQM is over all of them. Needs a stratum with at least 2 runs."""
+    columns = tuple(np.asarray(column, dtype=float) for column in strata)
+    if not columns or any(c.ndim != 1 or c.size == 0 or np.isnan(c).any() for c in columns):
+        raise ValueError("strata: expected non-empty 1-d arrays without NaN")
+    if max(c.size for c in columns) < 2:
+        raise ValueError("a bootstrap CI needs at least 2 runs in some stratum")
     result = scipy_stats.bootstrap(
-        tuple(array.T), _iqm_of_columns, n_resamples=resamples, vectorized=True, paired=False,
+        columns, _iqm_of_columns, n_resamples=resamples, vectorized=True, paired=False,
         confidence_level=level, method="percentile", **{_RNG_KEYWORD: np.random.default_rng(seed)},
     )
     return Interval(float(result.confidence_interval.low), float(result.confidence_interval.high))

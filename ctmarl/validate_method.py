@@ -164,7 +164,38 @@ def neuron_group_scope(learner: torch.nn.Module) -> tuple[set[str], set[str]]:
     return names, consumer_modules
 
 
-def _snapshot(learner: torch.nn.Module, grads: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+@torch.no_grad()
+def probe_output(learner: Any, probe: EpisodeBatch, joint_actions: torch.Tensor,
+                 repeated: EpisodeBatch | None = None) -> torch.Tensor:
+    """The network's output on a fixed probe: Q_tot of ``probe`` (``repeated``: the probe's
+    episodes once per row block of ``joint_actions`` [rows, N]) and the agents' recurrent state
+    after the first step, flattened - so both the mixer and the agent network are seen."""
+    q_tot = learner.joint_q(probe if repeated is None else repeated, joint_actions)
+    e, n = probe.obs.shape[0], probe.obs.shape[2]
+    avail = torch.ones(e, n, learner.info.n_actions, dtype=torch.bool, device=learner.device)
+    last = torch.full((e, n), -1, dtype=torch.long, device=learner.device)
+    _, hidden = learner.act(probe.obs[:, 0], avail, last, learner.initial_hidden(e), 0.0, torch.Generator())
+    return torch.cat([q_tot.flatten(), hidden.flatten()]).float().cpu()
+
+
+def scope_predicate(method: Method, before_scope: tuple[set[str], set[str]],
+                    after_scope: tuple[set[str], set[str]]) -> Callable[[str, bool], bool]:
+    """``allowed(parameter name, is_new)`` for ``method.touches``; the neuron-group scopes
+    (:func:`neuron_group_scope`) before and after the hook call, for ``"neuron_groups"``."""
+    touches = method.touches
+    if touches == "all":
+        return lambda name, new: True
+    if touches == "nothing":
+        return lambda name, new: False
+    if touches == "modules":
+        prefixes = tuple(f"{p}{m}." for m in method.touched_modules() for p in ("", "target_"))
+        return lambda name, new: name.startswith(prefixes)
+    names = before_scope[0] | after_scope[0]
+    consumer_modules = tuple(before_scope[1] | after_scope[1])
+    return lambda name, new: name in names or (new and name.startswith(consumer_modules))
+
+
+def snapshot_parameters(learner: torch.nn.Module, grads: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
     return {n: (p.detach().clone(), p.grad.detach().clone() if grads and p.grad is not None else None)
             for n, p in learner.named_parameters()}
 
@@ -185,54 +216,24 @@ class Instrument:
         self.output_problem: str | None = None
         self.activity: Counter[str] = Counter()
 
-    @torch.no_grad()
     def output(self) -> torch.Tensor:
-        learner, probe = self.learner, self.probe
-        q_tot = learner.joint_q(self.repeated, self.joint_actions)
-        e, n = probe.obs.shape[0], probe.obs.shape[2]
-        avail = torch.ones(e, n, learner.info.n_actions, dtype=torch.bool, device=learner.device)
-        last = torch.full((e, n), -1, dtype=torch.long, device=learner.device)
-        _, hidden = learner.act(probe.obs[:, 0], avail, last, learner.initial_hidden(e), 0.0, torch.Generator())
-        return torch.cat([q_tot.flatten(), hidden.flatten()]).float().cpu()
-
-    def _allowed(self, before_scope, after_scope) -> Callable[[str, bool], bool]:
-        touches = self.method.touches
-        if touches == "all":
-            return lambda name, new: True
-        if touches == "nothing":
-            return lambda name, new: False
-        if touches == "modules":
-            prefixes = tuple(f"{p}{m}." for m in self.method.touched_modules() for p in ("", "target_"))
-            return lambda name, new: name.startswith(prefixes)
-        names = before_scope[0] | after_scope[0]
-        consumer_modules = tuple(before_scope[1] | after_scope[1])
-        return lambda name, new: name in names or (new and name.startswith(consumer_modules))
+        return probe_output(self.learner, self.probe, self.joint_actions, self.repeated)
 
     def call(self, label: str, hook: Callable[[], Any], grads: bool = False) -> None:
         learner = self.learner
-        before = _snapshot(learner, grads)
+        before = snapshot_parameters(learner, grads)
         before_scope = neuron_group_scope(learner) if self.method.touches == "neuron_groups" else (set(), set())
         out_before = self.output()
         hook()
-        after = _snapshot(learner, grads)
+        after = snapshot_parameters(learner, grads)
         after_scope = neuron_group_scope(learner) if self.method.touches == "neuron_groups" else (set(), set())
-        allowed = self._allowed(before_scope, after_scope)
-        changed = False
-        for name in list(before) + [n for n in after if n not in before]:
-            old, new = before.get(name), after.get(name)
-            if old is None or new is None:
-                differs, what = True, "added" if old is None else "removed"
-            elif old[0].shape != new[0].shape or not torch.equal(old[0], new[0]):
-                differs, what = True, "changed"
-            elif grads and not _same_grad(old[1], new[1]):
-                differs, what = True, "changed the gradient of"
-            else:
-                differs = False
-            changed |= differs
-            if differs and not allowed(name, old is None) and self.scope_problem is None:
+        allowed = scope_predicate(self.method, before_scope, after_scope)
+        changes = parameter_changes(before, after, grads)
+        for name, what, new in changes:
+            if not allowed(name, new) and self.scope_problem is None:
                 self.scope_problem = (f"{label} {what} {name}, outside the declared scope "
                                       f"touches={self.method.touches!r}{self._scope_hint()}")
-        if changed:
+        if changes:
             self.activity[label.partition("(")[0]] += 1
         out_after = self.output()
         if out_after.shape != out_before.shape:
@@ -258,7 +259,22 @@ class Instrument:
         return ""
 
 
-def _same_grad(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+def parameter_changes(before: dict, after: dict, grads: bool) -> list[tuple[str, str, bool]]:
+    """(name, "added" / "removed" / "changed" / "changed the gradient of", is new) for every
+    parameter that differs between two :func:`snapshot_parameters`."""
+    changes = []
+    for name in list(before) + [n for n in after if n not in before]:
+        old, new = before.get(name), after.get(name)
+        if old is None or new is None:
+            changes.append((name, "added" if old is None else "removed", old is None))
+        elif old[0].shape != new[0].shape or not torch.equal(old[0], new[0]):
+            changes.append((name, "changed", False))
+        elif grads and not same_tensor(old[1], new[1]):
+            changes.append((name, "changed the gradient of", False))
+    return changes
+
+
+def same_tensor(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
     if a is None or b is None:
         return a is None and b is None
     return a.shape == b.shape and torch.equal(a, b)

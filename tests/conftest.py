@@ -1,6 +1,10 @@
 import signal
+import sys
 
+import pytest
 import torch
+
+from ctmarl.registry import ENVS, LEARNERS, METHODS
 
 
 def pytest_configure(config):
@@ -13,3 +17,32 @@ def pytest_configure(config):
     # default disposition and the tests see what an interactive user would.
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    """``install(dist, version, methods={name: "module:Class"}, modules={module: source})``: a
+    distribution on a temporary sys.path entry, seen by the registries from then on."""
+    folder = tmp_path / "site"
+    folder.mkdir()
+    monkeypatch.syspath_prepend(str(folder))
+    modules = []
+
+    def install(dist, version, methods=(), modules_source=None):
+        info = folder / f"{dist.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+        lines = ["[ctmarl.methods]", *(f"{name} = {value}" for name, value in dict(methods).items())]
+        (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+        for module, source in (modules_source or {}).items():
+            (folder / f"{module}.py").write_text(source)
+            modules.append(module)
+        for registry in (ENVS, LEARNERS, METHODS):
+            registry.refresh()
+
+    yield install
+    monkeypatch.undo()
+    for module in modules:
+        sys.modules.pop(module, None)
+    for registry in (ENVS, LEARNERS, METHODS):
+        registry.refresh()

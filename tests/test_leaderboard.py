@@ -15,6 +15,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from ctmarl import aggregate as aggregate_module
 from ctmarl import leaderboard as lb
 from ctmarl import record as record_module
 from ctmarl import source as source_module
@@ -69,11 +70,12 @@ def _rewrite(path, change, reseal=True, name=None):
 
 # --- statistics of entries, by hand --------------------------------------------------------------
 
-def _fake(method, seed, auc_per_task, tier="quick", learner="qmix", version=1, forgetting=0.1):
+def _fake(method, seed, auc_per_task, tier="quick", learner="qmix", version=1, forgetting=0.1, scenario="toy"):
     record = {
-        "scenario": {"name": "toy", "version": version, "tier": tier},
+        "scenario": {"name": scenario, "version": version, "tier": tier},
         "learner": {"name": learner}, "method": {"name": method, "entry_point": f"pkg:{method}"},
         "seed": seed, "content_hash": f"{method}-{seed}-{tier}-{learner}-{version}",
+        "R": [list(auc_per_task)] * len(auc_per_task),  # the last row is what retention reads
         "metrics": {"auc_per_task": auc_per_task, "auc": sum(auc_per_task) / len(auc_per_task),
                     "performance": 0.5 + seed / 10, "forgetting": forgetting},
     }
@@ -102,8 +104,44 @@ def test_entry_statistics_match_hand_computed_values():
     assert [r["content_hash"] for r in x["records"]] == ["x-0-quick-qmix-1", "x-1-quick-qmix-1"]
     none = next(e for e in table.entries if e["method"] == "none")
     assert none["probability_of_improvement_over_none"] == 0.5
-    assert [e["method"] for e in table.entries] == ["reset_all", "x", "none"]
-    assert [e["rank"] for e in table.entries] == [1, 2, 3]
+    # Retention: mean over seeds of mean_j R[K-1][j] (the fakes' last rows are their AUCs)
+    assert x["retention"] == 0.65
+    # The references (none, reset_all) are listed after the contenders and never ranked.
+    assert [e["method"] for e in table.entries] == ["x", "reset_all", "none"]
+    assert [e["rank"] for e in table.entries] == [1, None, None]
+    assert [e["reference"] for e in table.entries] == [False, True, True]
+    markdown = board.markdown()
+    assert "| 1 | `x` | 2 | 0.600 [0.500, 0.800] | 0.550 | 0.650 |" in markdown
+    assert "| ref | `none` (reference) | 2 |" in markdown and "Unranked:" not in markdown
+
+
+def test_cross_scenario_aggregate_by_hand():
+    """Normalised AUC z_k = (AUC_k - AUC_k(none)) / mean_j(AUC_j(reset_all) - AUC_j(none)), same seed,
+    over the tables whose validity shows plasticity loss; IQM and stratified bootstrap over them."""
+    shows = {"verdict": "shows plasticity loss", "reason": "r"}
+    items = [_fake("none", s, [0.2, 0.4]) for s in (0, 1)] + [_fake("reset_all", s, [0.2, 0.8]) for s in (0, 1)]
+    items += [_fake("m", 0, [0.3, 0.5]), _fake("m", 1, [0.2, 0.8]), _fake("m", 2, [1.0, 1.0])]  # seed 2: no pair
+    # A second table where scratch is no better than keeping the network (Δ <= 0): left out.
+    items += [_fake(m, 0, [0.5, 0.5], scenario="flat") for m in ("none", "reset_all", "m")]
+    board = lb.assemble(items)
+    for table in board.boards:  # the verdict comes from ctmarl validity; set by hand here
+        table.validity = shows
+    by_table = {}
+    for item in items:
+        by_table.setdefault(item.key[:4], {}).setdefault(item.key[4], []).append(item)
+    rows = {e["method"]: e for e in aggregate_module.aggregate(board.boards, by_table)}
+    # Δ = mean(0, 0.4) = 0.2 for both seeds; m: seed 0 z = (0.5, 0.5), seed 1 z = (0, 2)
+    assert rows["m"]["normalised_auc_iqm"] == pytest.approx(0.5)  # IQM of {0, 0.5, 0.5, 2}
+    assert rows["m"]["scenarios"] == [{"table": "toy-v1 · quick · qmix", "seeds": [0, 1]}]
+    assert rows["m"]["seeds_left_out"] == 1  # the flat table's seed 0
+    assert rows["none"]["normalised_auc_iqm"] == 0.0 and rows["none"]["reference"] is True
+    assert rows["reset_all"]["normalised_auc_iqm"] == pytest.approx(1.0)  # z = (0, 2) for both seeds
+    low, high = rows["m"]["normalised_auc_iqm_ci95"]
+    assert 0.0 <= low <= 0.5 <= high <= 2.0
+    assert [e["method"] for e in aggregate_module.aggregate(board.boards, by_table)] == ["m", "reset_all", "none"]
+    for table in board.boards:
+        table.validity = {"verdict": "does not show plasticity loss", "reason": "r"}
+    assert aggregate_module.aggregate(board.boards, by_table) == []
 
 
 def test_missing_references_are_named_not_invented():
@@ -168,7 +206,9 @@ def test_build_writes_sorted_deterministic_files_and_check_passes(root, records,
     data = _load(root / lb.YAML_NAME)
     assert data["entries"] == []  # smoke records are kept (check re-runs them), never ranked
     smoke = data["unranked_entries"]
-    assert [e["method"] for e in smoke] == [e["method"] for e in sorted(smoke, key=lambda e: -e["auc_iqm"])]
+    # contenders first, then the references; each part by IQM
+    assert [e["method"] for e in smoke] == [
+        e["method"] for e in sorted(smoke, key=lambda e: (e["reference"], -e["auc_iqm"]))]
     assert {e["method"] for e in smoke} == {"none", "reset", "reset_all"}
     assert {e["rank"] for e in smoke} == {None}
     reset_all = next(e for e in smoke if e["method"] == "reset_all")
@@ -254,6 +294,15 @@ def _set(*keys):
     (_set("scenario", "definition_hash", "0" * 64), "run from a different definition than the standard one"),
     (_set("scenario", "version", 7), "scenario matrix_drift-v7 is not a standard scenario"),
     (_set("method", "variant", "0123abcd"), "method 'reset' ran with a config other than its shipped defaults"),
+    # The method must be the installed one with its shipped defaults, whatever the record claims.
+    (_set("method", "entry_point", "os:system"), "method 'reset' ran from 'os:system', not the installed "
+                                                  "ctmarl_baselines.methods.reset:Reset"),
+    (_set("method", "config", "extra", 1), r"the config of method 'reset' differs from its shipped defaults \(extra\)"),
+    (_set("method", "config", "modules", ["agent"]), r"differs from its shipped defaults \(modules\)"),
+    (_set("method", "name", "ctmarl_baselines.methods.reset:Reset"),
+     "is the class form of the registered method 'reset'; its runs count under that name"),
+    (_set("method", "name", "somewhere.else:Thing"), "somewhere"),
+    (_set("method", "name", "not_installed"), "not_installed"),
 ])
 def test_records_breaking_a_rule_are_rejected_by_name(root, change, message):
     path = _rewrite(next((root / "records").glob("*_reset_seed0.yaml")), change)
@@ -382,8 +431,10 @@ def test_one_entry_is_one_method_config(root):
     shutil.copy(path, records / "copy.yaml")
     _rewrite(records / "copy.yaml", lambda r: r.update(seed=1))  # a second reset record
     _rewrite(path, _set("method", "config", "modules", ["agent"]))
-    with pytest.raises(RecordError, match=r"reset_seed1.yaml: method config differs from .*reset_seed0.yaml "
-                                          r"of the same entry; one entry is one config"):
+    # Each record is held to the installed method's shipped defaults, so two records of one entry
+    # can never differ in config: the changed one is refused on its own.
+    with pytest.raises(RecordError, match=r"reset_seed0.yaml: the config of method 'reset' differs from its "
+                                          r"shipped defaults \(modules\)"):
         lb.build(records)
 
 
@@ -425,8 +476,8 @@ def test_every_method_needs_a_smoke_record_to_reproduce(root):
     _rewrite(path, to_quick)
     lb.write(lb.build(records), root)
     with pytest.raises(lb.LeaderboardError, match="method 'reset' has no smoke-tier record"):
-        lb.check(root, reproduce_per_method=1)
-    lb.check(root, reproduce_per_method=0)
+        lb.check(root, reproduce_per_method=1, audit_budget_s=0)
+    lb.check(root, reproduce_per_method=0, audit_budget_s=0)
 
 
 def test_empty_leaderboard_builds_and_checks(tmp_path):
@@ -440,7 +491,7 @@ def test_empty_leaderboard_builds_and_checks(tmp_path):
 
 def test_committed_leaderboard_matches_its_records():
     # What CI checks (it also re-runs smoke records); here only the rebuild comparison.
-    lb.check(REPO / "leaderboard", reproduce_per_method=0)
+    lb.check(REPO / "leaderboard", reproduce_per_method=0, audit_budget_s=0)
 
 
 def test_cli_build_and_check(root):
@@ -456,3 +507,50 @@ def test_cli_build_and_check(root):
     result = runner.invoke(main, ["leaderboard", "check", str(root), "--reproduce", "0"])
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1].startswith("error: ") and ".seeds" in result.output
+
+
+# --- the audit: non-smoke records re-run by a draw seeded from the commit ------------------------
+
+def _timed(method, seed, tier, wall, scenario="toy"):
+    item = _fake(method, seed, [0.5], tier=tier)
+    item.record["scenario"]["name"] = scenario
+    item.record["timing"] = {"wall_time_s": wall}
+    item.record["provenance"] = {"device": "cpu"}
+    return item
+
+
+def test_audit_draw_is_seeded_within_budget_and_never_smoke():
+    items = [_timed(m, s, "quick", 10.0 + s) for m in "abcdef" for s in range(3)]
+    items += [_timed(m, 0, "smoke", 1.0) for m in "abcdef"]
+    items.append(_timed("a", 9, "quick", 1e9))  # one claimed-long record cannot move its group's cost
+    draws = {seed: lb.audit_sample(items, 35.0, seed) for seed in range(20)}
+    for sample in draws.values():
+        assert len(sample) == 3  # median cost 11 s per record: three fit in 35 s
+        assert all(item.key[2] == "quick" for item in sample)
+        assert len({item.key for item in sample}) == 3  # one record per entry
+    assert draws[3] == lb.audit_sample(items, 35.0, 3)  # the same seed draws the same records
+    assert len({tuple(i.file for i in sample) for sample in draws.values()}) > 5  # seeds draw differently
+    assert lb.audit_sample(items, 0.0, 0) == [] and lb.audit_sample(items, 5.0, 0) == []
+    assert lb.audit_seed(REPO) == lb.audit_seed(REPO)
+
+
+def _raise_scores(record):
+    """A self-consistent forgery: every evaluation and every R entry raised by 0.2 (kept <= 1), the
+    metrics recomputed from them; admission cannot tell, only a re-run can."""
+    record["curves"]["score"] = [round(min(s + 0.2, 1.0), 6) for s in record["curves"]["score"]]
+    record["R"] = [[round(min(v + 0.2, 1.0), 6) for v in row] for row in record["R"]]
+    record["metrics"].update(record_module.with_recomputed_metrics(record)["metrics"])
+
+
+def test_check_audit_catches_a_resealed_quick_record(tmp_path):
+    """A committed quick-tier record (about 20 s to re-run) with raised scores and metrics,
+    re-sealed, passes admission and is caught by the audit. (That the committed records re-run to
+    their numbers is what CI's `ctmarl leaderboard check` audits.)"""
+    records = tmp_path / "records"
+    records.mkdir()
+    source = REPO / "leaderboard" / "records" / "matrix_drift-v1_quick_qmix_reset_seed2.yaml"
+    shutil.copy(source, records)
+    _rewrite(records / source.name, _raise_scores)
+    lb.write(lb.build(records), tmp_path)  # admitted: consistent with itself
+    with pytest.raises(lb.LeaderboardError, match=f"{source.name} does not reproduce: curves"):
+        lb.check(tmp_path, reproduce_per_method=0, audit_budget_s=3600, audit_seed_value=0)

@@ -195,7 +195,7 @@ def test_example_plugin_passes_validate_method_and_its_own_tests(installed):
     assert tests.returncode == 0, tests.stdout + tests.stderr
 
 
-def test_example_plugin_evaluates_through_the_cli_and_enters_a_leaderboard(installed, tmp_path, monkeypatch):
+def test_example_plugin_evaluates_through_the_cli_and_enters_a_leaderboard(installed, tmp_path, monkeypatch, request):
     records = tmp_path / "records"
     result = _run(installed, sys.executable, "-c", CLEAN_CLI, "evaluate", "--algo", "my_method", "--scenario",
                   "matrix_drift", "--tier", "smoke", "--seed", "0", "--out", str(records), "--quiet")
@@ -207,8 +207,11 @@ def test_example_plugin_evaluates_through_the_cli_and_enters_a_leaderboard(insta
         "agent.fc1", "mixer.hyper_w1.0", "mixer.hyper_w_final.0", "mixer.V.0"}
     block = plugin_record["provenance"]["method"]  # pip-installed outside git: named by its distribution
     assert (block["distribution"], block["version"], block["git_dirty"]) == ("ctmarl-my-method", "0.1.0", None)
-    # The leaderboard re-derives the plug-in's source hash, so it must be installed here too.
+    # The leaderboard checks the record's method against the installed one (entry point, shipped
+    # defaults, source hash), so it must be installed here too.
     monkeypatch.syspath_prepend(str(installed["target"]))
+    METHODS.refresh()
+    request.addfinalizer(METHODS.refresh)  # read again at the next lookup, without the plug-in
     monkeypatch.setattr(record_module, "git_state", lambda path: dict(CLEAN))
     monkeypatch.setattr(source_module, "source_git_state", lambda target, files: dict(CLEAN))
     for seed in (0, 1):
