@@ -99,6 +99,10 @@ def test_registered_and_sizes(env):
     ({"backend": "sc2", "unit_weights": {"stalker": 0.5, "marine": 0.5}}, "units of one race"),
     ({"backend": "sc2", "map_size": 24}, "32 x 32"),
     ({"n_units": 0}, "n_units"),
+    ({"enemy_unit_weights": {"zealot": 0.5}}, "enemy_unit_weights: must sum to 1"),
+    ({"enemy_unit_weights": {"colossus": 1.0}}, "enemy_unit_weights: unknown unit type 'colossus'"),
+    ({"enemy_unit_weights": {}}, "enemy_unit_weights: give at least one unit type"),
+    ({"backend": "sc2", "enemy_unit_weights": {"zealot": 1.0}}, "only the smax backend has them"),
 ])
 def test_settings_ranges_are_checked(change, message):
     data = {"unit_weights": {"stalker": 0.5, "zealot": 0.5}, **change}
@@ -175,6 +179,44 @@ def test_task_drift_changes_the_unit_type_distribution():
     assert frequencies[0][stalker] > 0.7 and frequencies[2][stalker] < 0.3  # the protoss mix shifts
     for earlier, later in itertools.pairwise(frequencies):
         assert (earlier - later).abs().sum() > 0.4
+
+
+def test_enemy_unit_weights_draw_the_enemies_on_their_own():
+    """With ``enemy_unit_weights`` the enemies' types follow their own weights, independently of
+    the allies' (no mirror); the allies' draw is the mirrored setting's, key for key."""
+    mirrored = SMAXEnv(settings({"stalker": 0.5, "zealot": 0.5}, n_units=N, n_enemies=N), COPIES, seed=3)
+    asymmetric = SMAXEnv(settings({"stalker": 0.5, "zealot": 0.5}, n_units=N, n_enemies=N,
+                                  enemy_unit_weights={"zealot": 0.25, "hydralisk": 0.75}), COPIES, seed=3)
+    counts, same_as_ally, resets = torch.zeros(N_TYPES), 0, 8
+    for _ in range(resets):
+        a, b = unit_table(mirrored.reset().state)["type"], unit_table(asymmetric.reset().state)["type"]
+        assert torch.equal(a[:, :N], b[:, :N])  # the allies are drawn exactly as before
+        counts += torch.bincount(b[:, N:].reshape(-1), minlength=N_TYPES)
+        same_as_ally += int((b[:, N:] == b[:, :N]).sum())
+    draws = resets * COPIES * N
+    expected = torch.zeros(N_TYPES)
+    expected[UNIT_TYPES.index("zealot")], expected[UNIT_TYPES.index("hydralisk")] = 0.25, 0.75
+    assert torch.allclose(counts / draws, expected, atol=0.06), counts / draws  # > 4 standard errors
+    # Independent of the allies: an enemy shares its ally's type only when both are zealots,
+    # P = 0.5 * 0.25 = 0.125 (a mirror would give 1).
+    assert abs(same_as_ally / draws - 0.125) < 0.05
+
+
+def test_matchups_scenario_pits_one_unit_type_against_another():
+    """smacv2_matchups: every task's allies are all of one type and its enemies all of another, the
+    four match-ups differ, sizes never change, and each repeat replays the same definitions."""
+    scenario = ctmarl.make_scenario("smacv2_matchups")
+    tasks = scenario.tasks("smoke")
+    assert len(tasks) == 12 and [t.definition for t in tasks] == [0, 1, 2, 3] * 3
+    assert len({task.make_env(2).info for task in tasks}) == 1
+    seen = set()
+    for task in tasks[:4]:
+        types = task.make_env(COPIES, seed=task.index).reset().state[:, -6:].long()  # 3 allies, 3 enemies
+        ally, enemy = UNIT_TYPES.index(task.settings.team_units[0]), UNIT_TYPES.index(
+            next(iter(task.settings.enemy_unit_weights)))
+        assert bool((types[:, :3] == ally).all()) and bool((types[:, 3:] == enemy).all()) and ally != enemy
+        seen.add((ally, enemy))
+    assert len(seen) == 4
 
 
 def test_start_positions_follow_smacv2():

@@ -44,13 +44,18 @@ episode             terminated when every ally or every enemy is dead; truncated
                     1/16 s)
 score               1 if the battle was won (every enemy dead, at least one ally alive: dying
                     together is a draw), else 0: averaged over episodes, the **win rate**
-task settings       ``unit_weights``: probability of each unit type, e.g. {stalker: 0.8, zealot: 0.2}
+task settings       ``unit_weights``: probability of each unit type, e.g. {stalker: 0.8, zealot: 0.2};
+                    ``enemy_unit_weights`` (optional, ``smax`` backend only): the enemies' own
+                    distribution instead of the mirror, for asymmetric match-ups
 ==================  ================================================================================
 
 Episode generation, SMACv2's rules (``weighted_teams`` and ``surrounded_and_reflect``):
 
 - **Unit types**: each ally's type is drawn independently from ``unit_weights``; the enemy team
-  mirrors it (enemy i has ally i's type), extra enemies (M > N) are drawn the same way.
+  mirrors it (enemy i has ally i's type), extra enemies (M > N) are drawn the same way. With
+  ``enemy_unit_weights`` (not SMACv2: its teams always mirror) each enemy's type is drawn
+  independently from those weights instead, so a task can pit, say, stalkers against zealots:
+  match-ups whose winning behaviour differs (kite a melee enemy, close in on a ranged one).
 - **Start positions**: with probability ``reflect_probability`` (SMACv2's ``p``, 0.5) *reflect*:
   allies uniform on the left half of the map (x up to map/2 - 1), enemies at their mirror images
   x -> map - x; otherwise *surrounded*: allies at the centre, enemies in 1-4 groups (group count
@@ -155,6 +160,9 @@ class SMAXSettings:
     """Side of the square map (SMACv2's generated maps are 32 x 32)."""
     backend: str = "smax"
     """Simulator: smax (JaxMARL's SMAX, SMACv2-like) or sc2 (the real SMACv2 + StarCraft II)."""
+    enemy_unit_weights: Mapping[str, float] | None = None
+    """The enemies' own unit-type probabilities (``smax`` only); None: the enemies mirror the
+    allies, as in SMACv2."""
 
     def __post_init__(self) -> None:
         for name, low in (("n_units", 1), ("n_enemies", 1), ("episode_limit", 1), ("map_size", 8)):
@@ -171,20 +179,12 @@ class SMAXSettings:
         if self.backend not in BACKENDS:
             raise ValueError(f"backend: must be one of {', '.join(BACKENDS)}, got {shorten(repr(self.backend))}")
         known = UNIT_TYPES if self.backend == "smax" else tuple(u for us in RACE_UNITS.values() for u in us)
-        if not self.unit_weights:
-            raise ValueError("unit_weights: give at least one unit type")
-        for unit, weight in self.unit_weights.items():
-            if unit not in known:
-                raise ValueError(f"unit_weights: unknown unit type {shorten(repr(unit))} for backend {self.backend}; "
-                                 f"known: {', '.join(known)}")
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
-                raise ValueError(f"unit_weights.{unit}: must be a number >= 0, got {shorten(repr(weight))}")
-        for unit, weight in self.unit_weights.items():  # after the loop above: its messages come first
-            if weight > 1:
-                raise ValueError(f"unit_weights.{unit}: must be <= 1 (weights are probabilities), got {shorten(repr(weight))}")
-        total = sum(self.unit_weights.values())
-        if not math.isclose(total, 1.0, abs_tol=1e-6):
-            raise ValueError(f"unit_weights: must sum to 1, got {total:g}")
+        _check_weights("unit_weights", self.unit_weights, known, self.backend)
+        if self.enemy_unit_weights is not None:
+            if self.backend != "smax":
+                raise ValueError("enemy_unit_weights: only the smax backend has them (SMACv2's enemy team "
+                                 "mirrors the allies)")
+            _check_weights("enemy_unit_weights", self.enemy_unit_weights, known, self.backend)
         if self.backend == "sc2":
             if race_of(self.team_units) is None:
                 raise ValueError(
@@ -206,6 +206,29 @@ class SMAXSettings:
     def type_probabilities(self) -> list[float]:
         """[U] probability of each type of :data:`UNIT_TYPES` (the ``smax`` backend's draw)."""
         return [float(self.unit_weights.get(unit, 0.0)) for unit in UNIT_TYPES]
+
+    def enemy_type_probabilities(self) -> list[float]:
+        """[U] the enemies' probabilities (the allies' when they mirror; then unused)."""
+        weights = self.unit_weights if self.enemy_unit_weights is None else self.enemy_unit_weights
+        return [float(weights.get(unit, 0.0)) for unit in UNIT_TYPES]
+
+
+def _check_weights(name: str, weights: Any, known: tuple[str, ...], backend: str) -> None:
+    """``weights`` is a non-empty mapping of known unit types to probabilities summing to 1."""
+    if not isinstance(weights, Mapping) or not weights:
+        raise ValueError(f"{name}: give at least one unit type")
+    for unit, weight in weights.items():
+        if unit not in known:
+            raise ValueError(f"{name}: unknown unit type {shorten(repr(unit))} for backend {backend}; "
+                             f"known: {', '.join(known)}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+            raise ValueError(f"{name}.{unit}: must be a number >= 0, got {shorten(repr(weight))}")
+    for unit, weight in weights.items():  # after the loop above: its messages come first
+        if weight > 1:
+            raise ValueError(f"{name}.{unit}: must be <= 1 (weights are probabilities), got {shorten(repr(weight))}")
+    total = sum(weights.values())
+    if not math.isclose(total, 1.0, abs_tol=1e-6):
+        raise ValueError(f"{name}: must sum to 1, got {total:g}")
 
 
 def smax_sizes(n_units: int, n_enemies: int) -> EnvInfo:

@@ -126,14 +126,17 @@ class Program:
         if self.env.num_movement_actions - 1 != STOP:
             raise RuntimeError(f"jaxmarl's SMAX stop action is {self.env.num_movement_actions - 1}, not {STOP}")
         options = CPU_COMPILER_OPTIONS if s.platform == "cpu" else None
-        self.reset = jax.jit(jax.vmap(self._reset_one, in_axes=(None, 0, None, None)),
+        self.reset = jax.jit(jax.vmap(self._reset_one, in_axes=(None, 0, None, None, None, None)),
                              compiler_options=options)
         self.step = jax.jit(jax.vmap(self._step_one), compiler_options=options)
         self.state_tree = None  # treedef of the batched env state, known after the first reset
 
     # --- one copy -------------------------------------------------------------------------------
-    def _reset_one(self, episode_key, copy_index, type_probabilities, reflect_probability):
-        """(copy key, env state, obs [N, O], state [S], avail [N, A]) of a fresh episode."""
+    def _reset_one(self, episode_key, copy_index, type_probabilities, reflect_probability,
+                   enemy_type_probabilities, mirror):
+        """(copy key, env state, obs [N, O], state [S], avail [N, A]) of a fresh episode. The
+        enemies mirror the allies when ``mirror`` (SMACv2), else are drawn from
+        ``enemy_type_probabilities`` (with the key the mirror uses for extra enemies)."""
         s, env = self.structure, self.env
         n_total = s.n_units + s.n_enemies
         key = jax.random.fold_in(episode_key, copy_index)
@@ -142,9 +145,11 @@ class Program:
         allies = jax.random.categorical(ally_key, log_p, shape=(s.n_units,))
         if s.n_enemies > s.n_units:
             extra = jax.random.categorical(enemy_key, log_p, shape=(s.n_enemies - s.n_units,))
-            enemies = jnp.concatenate([allies, extra])
+            mirrored = jnp.concatenate([allies, extra])
         else:
-            enemies = allies[: s.n_enemies]
+            mirrored = allies[: s.n_enemies]
+        drawn = jax.random.categorical(enemy_key, jnp.log(enemy_type_probabilities), shape=(s.n_enemies,))
+        enemies = jnp.where(mirror, mirrored, drawn)
         unit_types = jnp.concatenate([allies, enemies]).astype(jnp.uint8)
         # SMAX's episode state, built as its reset builds it (its reset would draw SMAX's own
         # unit types and positions, which we replace by SMACv2's draws).
@@ -287,6 +292,8 @@ class BatchRunner:
         self.copy_index = put(jnp.arange(num_envs, dtype=jnp.uint32))
         self.type_probabilities = put(jnp.asarray(settings.type_probabilities(), dtype=jnp.float32))
         self.reflect_probability = put(jnp.float32(settings.effective_reflect_probability))
+        self.enemy_type_probabilities = put(jnp.asarray(settings.enemy_type_probabilities(), dtype=jnp.float32))
+        self.mirror = put(jnp.bool_(settings.enemy_unit_weights is None))
         self.keys: Any = None  # [E, 2] per-copy keys of the episodes in progress
         self.state: Any = None  # batched SMAX state of the episodes in progress
         #: JAX arrays of the latest reset or step (what the returned tensors share memory with)
@@ -304,7 +311,7 @@ class BatchRunner:
     def reset(self, seed: int, resets: int) -> Observation:
         self.outputs = keys, state, obs, world_state, avail = self.program.reset(
             self._episode_key(seed, resets), self.copy_index, self.type_probabilities,
-            self.reflect_probability,
+            self.reflect_probability, self.enemy_type_probabilities, self.mirror,
         )
         self.keys, self.state = keys, state
         if self.program.state_tree is None:
@@ -332,7 +339,8 @@ class BatchRunner:
         """Compile reset and step for this batch size (one throwaway episode step); seconds taken."""
         started = time.perf_counter()
         keys, state, *_ = self.program.reset(self._episode_key(0, 0), self.copy_index,
-                                             self.type_probabilities, self.reflect_probability)
+                                             self.type_probabilities, self.reflect_probability,
+                                             self.enemy_type_probabilities, self.mirror)
         stop = jax.device_put(jnp.full((self.num_envs, self.settings.n_units), 4, jnp.int32), self.jax_device)
         jax.block_until_ready(self.program.step(keys, state, stop))
         if self.program.state_tree is None:
