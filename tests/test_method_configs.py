@@ -61,7 +61,8 @@ def test_a_third_party_method_ships_defaults_beside_its_module(tmp_path, monkeyp
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setitem(METHODS._specs, "scaled", "thirdparty_methods.scaled:Scaled")
     assert make_method("scaled").config.scale == 2.5
-    assert make_method("thirdparty_methods.scaled:Scaled").config.scale == 1.0, "no name, no defaults file"
+    # The class form of a registered method is that method, shipped defaults included.
+    assert make_method("thirdparty_methods.scaled:Scaled").config.scale == 2.5
     (package / "configs" / "scaled.yaml").write_text("scael: 2.5\n")
     with pytest.raises(ConfigError, match=r"configs/scaled\.yaml: unknown key 'scael'"):
         make_method("scaled")

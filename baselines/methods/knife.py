@@ -263,3 +263,19 @@ class Knife(Method):
             "frozen_parameters": self.masks.frozen_entries,
             "trainable_parameters": total - self.masks.frozen_entries,
         }
+
+
+@dataclass(frozen=True)
+class KnifeTau25Config(KnifeConfig):
+    """KNIFE with the looser threshold τ_s = 0.25: a public port of KNIFE's metric flags neurons
+    whose relative update amplitude is below 0.25 (the neuron monitor logs both thresholds)."""
+
+    stagnant_threshold: float = 0.25
+    """τ_s: a trainable neuron is stagnant when its score s_i = r̄_i / mean_k r̄_k is <= τ_s."""
+
+
+class KnifeTau25(Knife):
+    """``knife_tau25``: KNIFE registered with τ_s = 0.25, so the threshold's effect is a leaderboard
+    entry of its own (a ``--method-config`` variant of ``knife`` is never ranked)."""
+
+    Config = KnifeTau25Config
