@@ -108,3 +108,33 @@ def test_reset_rejects_unknown_modules_and_silent_protocols():
         method.on_task_start(1)
     with pytest.raises(ConfigError, match="needs a protocol that announces task boundaries"):
         make_method("reset").attach(learner, MethodContext(2, False, 0))
+
+
+@pytest.mark.parametrize("learner_name", LEARNERS.names())
+def test_l2_init_adds_exactly_its_gradient_term(learner_name):
+    """After a backward pass, l2_init adds λ (θ − θ₀) to every trainable agent and mixer
+    parameter's gradient and leaves the target networks alone."""
+    torch.manual_seed(0)
+    learner = make_learner(learner_name, INFO, {"batch_size": 4, "buffer_episodes": 8})
+    method = make_method("l2_init", {"strength": 0.25})
+    method.attach(learner, MethodContext(n_tasks=1, announce_task_boundaries=True, seed=0))
+    initial = {n: p.detach().clone() for n, p in learner.named_parameters()}
+    with torch.no_grad():  # move the weights away from θ₀ (as training would)
+        for p in learner.parameters():
+            p.add_(0.1)
+    learner.add_episodes(random_episodes(INFO, 8, seed=1))
+    seen = {}
+
+    def capture_then_apply():
+        seen.update({n: None if p.grad is None else p.grad.clone() for n, p in learner.named_parameters()})
+        method.after_backward()
+        for name, p in learner.named_parameters():
+            if name.startswith(("agent.", "mixer.")) and seen[name] is not None:
+                expected = seen[name] + 0.25 * (p.detach() - initial[name])
+                assert torch.allclose(p.grad, expected, rtol=0, atol=1e-7), name
+            elif seen[name] is not None:
+                assert torch.equal(p.grad, seen[name]), name
+
+    assert learner.update(after_backward=capture_then_apply) is not None
+    assert any(n.startswith("mixer.") for n, g in seen.items() if g is not None)
+    assert set(method.summary()["relative_distance_to_init"]) == {"agent", "mixer"}
