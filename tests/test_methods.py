@@ -138,3 +138,30 @@ def test_l2_init_adds_exactly_its_gradient_term(learner_name):
     assert learner.update(after_backward=capture_then_apply) is not None
     assert any(n.startswith("mixer.") for n, g in seen.items() if g is not None)
     assert set(method.summary()["relative_distance_to_init"]) == {"agent", "mixer"}
+
+
+@pytest.mark.parametrize("learner_name", LEARNERS.names())
+def test_ln_wd_normalises_every_hidden_layer_and_decays_exactly(learner_name):
+    """ln_wd: every neuron group's activation (online and target) becomes activation(LayerNorm(x)),
+    whose gain and bias train; after an update every trainable agent and mixer parameter is scaled
+    by exactly 1 - lr * weight_decay."""
+    from ctmarl_baselines.methods.ln_wd import LayerNormActivation
+
+    torch.manual_seed(0)
+    learner = make_learner(learner_name, INFO, {"batch_size": 4, "buffer_episodes": 8})
+    method = make_method("ln_wd", {"weight_decay": 0.5})
+    method.attach(learner, MethodContext(n_tasks=1, announce_task_boundaries=True, seed=0))
+    for groups in (learner.neuron_groups(), learner.target_neuron_groups()):
+        assert groups and all(isinstance(g.activation, LayerNormActivation) for g in groups)
+        assert all(g.activation.norm.normalized_shape == (g.width,) for g in groups)
+    in_optimizer = {id(p) for group in learner.optimizer.param_groups for p in group["params"]}
+    assert all(id(g.activation.norm.weight) in in_optimizer for g in learner.neuron_groups())
+    learner.add_episodes(random_episodes(INFO, 8, seed=1))
+    assert learner.update() is not None
+    before = {n: p.detach().clone() for n, p in learner.named_parameters()}
+    method.after_update(1)
+    factor = 1.0 - learner.config.lr * 0.5
+    for name, p in learner.named_parameters():
+        expected = before[name] * factor if name.startswith(("agent.", "mixer.")) else before[name]
+        assert torch.equal(p, expected), name
+    assert method.summary()["layer_norms"] == len(learner.neuron_groups())
