@@ -29,6 +29,7 @@ import torch
 from ctmarl.config import check_range
 from ctmarl.learner import Learner
 from ctmarl.method import Method, MethodContext
+from ctmarl_baselines.methods.surgery import optimized_parameters
 
 MODULES = ("agent", "mixer")
 
@@ -58,9 +59,7 @@ class L2Init(Method):
         self.initial: dict[str, torch.Tensor] = {}
 
     def _trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
-        in_optimizer = {id(p) for group in self.learner.optimizer.param_groups for p in group["params"]}
-        return [(name, p) for name, p in self.learner.named_parameters()
-                if id(p) in in_optimizer and p.requires_grad and name.startswith(tuple(m + "." for m in MODULES))]
+        return optimized_parameters(self.learner, MODULES)
 
     def attach(self, learner: Learner, context: MethodContext) -> None:
         super().attach(learner, context)

@@ -30,6 +30,7 @@ from torch import nn
 from ctmarl.config import check_range
 from ctmarl.learner import Learner
 from ctmarl.method import Method, MethodContext
+from ctmarl_baselines.methods.surgery import optimized_parameters
 
 MODULES = ("agent", "mixer")
 
@@ -75,9 +76,7 @@ class LnWd(Method):
             learner.replace_module(names[id(group.activation)], lambda act, w=width: LayerNormActivation(w, act))
 
     def _decayed(self) -> list[torch.nn.Parameter]:
-        in_optimizer = {id(p) for group in self.learner.optimizer.param_groups for p in group["params"]}
-        return [p for name, p in self.learner.named_parameters()
-                if id(p) in in_optimizer and name.startswith(tuple(m + "." for m in MODULES))]
+        return [p for _, p in optimized_parameters(self.learner, MODULES)]
 
     @torch.no_grad()
     def after_update(self, update_step: int) -> None:

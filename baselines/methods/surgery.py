@@ -9,6 +9,7 @@ incoming layer (= columns of every consumer).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,6 +41,14 @@ def reset_moments(
         value = state.get(key)
         if isinstance(value, torch.Tensor) and value.shape == param.shape:
             value.index_fill_(dim, index.to(value.device), 0.0)
+
+
+def optimized_parameters(learner: Any, modules: tuple[str, ...]) -> list[tuple[str, nn.Parameter]]:
+    """(name, parameter) of every parameter the learner's optimizer updates under ``modules``
+    (e.g. ("agent", "mixer"): the online networks; target copies are never in the optimizer)."""
+    in_optimizer = {id(p) for group in learner.optimizer.param_groups for p in group["params"]}
+    prefixes = tuple(m + "." for m in modules)
+    return [(name, p) for name, p in learner.named_parameters() if id(p) in in_optimizer and name.startswith(prefixes)]
 
 
 def fan_in_bound(layer: nn.Linear) -> float:
