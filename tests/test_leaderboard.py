@@ -534,6 +534,16 @@ def test_audit_draw_is_seeded_within_budget_and_never_smoke():
     assert lb.audit_seed(REPO) == lb.audit_seed(REPO)
 
 
+def test_audit_leaves_stale_records_out(monkeypatch):
+    """Records listed in STALE (by scenario and commit) are never drawn; the others still are."""
+    items = [_timed(m, 0, "quick", 1.0) for m in "ab"] + [_timed("c", 0, "quick", 1.0, scenario="old")]
+    for item in items:
+        item.record["provenance"]["git_commit"] = "f" * 40
+    monkeypatch.setitem(lb.STALE, ("old", "f" * 40), "measured")
+    for seed in range(10):
+        assert sorted(i.key[4] for i in lb.audit_sample(items, 100.0, seed)) == ["a", "b"]
+
+
 def _raise_scores(record):
     """A self-consistent forgery: every evaluation and every R entry raised by 0.2 (kept <= 1), the
     metrics recomputed from them; admission cannot tell, only a re-run can."""
