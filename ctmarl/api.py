@@ -48,7 +48,7 @@ from typing import Any
 
 import torch
 
-from ctmarl.config import MAX_DEPTH, MAX_INT, MAX_STRING_CHARS, to_plain
+from ctmarl.config import MAX_DEPTH, MAX_INT, MAX_STRING_CHARS
 from ctmarl.envs.base import BatchedEnv, EnvInfo, blend_settings
 from ctmarl.errors import CtmarlError, shorten
 from ctmarl.scenario import Scenario, Task, make_scenario

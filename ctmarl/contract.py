@@ -46,7 +46,6 @@ neuron-level scope is per parameter tensor, not per row or column.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import math
 from collections.abc import Callable
@@ -58,8 +57,9 @@ from ctmarl.checkpoint import refused_global
 from ctmarl.errors import ContractError
 from ctmarl.method import Method, hook_error, method_origin
 from ctmarl.testing import random_episodes
-from ctmarl.validate_method import (OUTPUT_TOLERANCE, SCOPES, neuron_group_scope, parameter_changes,
-                                    probe_output, scope_predicate)
+from ctmarl.validate_method import (OUTPUT_TOLERANCE, config_class_problem, neuron_group_scope, parameter_changes,
+                                    probe_output, scope_predicate, touches_problem, unknown_touched_modules,
+                                    untrained_parameter)
 
 CONTRACT_VERSION = 1
 #: Hooks a run calls, in the order the record lists their counts.
@@ -68,6 +68,13 @@ HOOKS = ("attach", "on_task_start", "after_backward", "after_update", "on_task_e
 STRUCTURAL_HOOKS = ("attach", "on_task_start", "on_task_end")
 PROBE_EPISODES = 2
 
+
+def call_method(method: Method, name: str, where: str) -> Any:
+    """``method.<name>()``; a plug-in's exception becomes its one error line (hook_error)."""
+    try:
+        return getattr(method, name)()
+    except Exception as exc:  # noqa: BLE001 -- a plug-in may raise anything
+        raise hook_error(method, name, where, exc) from exc
 
 
 class _Flat:
@@ -146,7 +153,6 @@ class ContractGuard:
         cls = type(method)
         self.overrides = {hook: getattr(cls, hook) is not getattr(Method, hook) for hook in HOOKS}
         self.guarded = isinstance(learner, torch.nn.Module)
-        self.counts: dict[str, Any] = self.fresh_counts()
         self._scope_cache: tuple[set[str], set[str]] | None = None
         self._copiers = (_Copier(), _Copier())
         self._probed: _Probed | None = None
@@ -172,20 +178,12 @@ class ContractGuard:
     # --- checks ---------------------------------------------------------------------------------
     def check_protocol(self) -> None:
         """The class-level declarations (before attach)."""
-        cls, config = type(self.method), self.method.config
-        config_cls = cls.Config
-        if not dataclasses.is_dataclass(config_cls):
-            self._violation("attach", "before training", f"{cls.__name__}.Config is not a dataclass")
-        if not config_cls.__dataclass_params__.frozen:
-            self._violation("attach", "before training", f"{cls.__name__}.Config ({config_cls.__name__}) is not frozen "
-                            "(use @dataclass(frozen=True)): a config that can change during a run is not the "
-                            "config its record states")
-        if not isinstance(config, config_cls):
-            self._violation("attach", "before training", f"method.config is a {type(config).__name__}, not its "
-                            f"{config_cls.__name__}")
-        if cls.touches not in SCOPES:
-            self._violation("attach", "before training", f"{cls.__name__}.touches is {cls.touches!r}; must be one "
-                            f"of {', '.join(SCOPES)}")
+        cls = type(self.method)
+        problem = config_class_problem(cls) or touches_problem(cls)
+        if problem is None and not isinstance(self.method.config, cls.Config):
+            problem = f"method.config is a {type(self.method.config).__name__}, not its {cls.Config.__name__}"
+        if problem is not None:
+            self._violation("attach", "before training", problem)
 
     def call(self, hook: str, where: str, fn: Callable[[], Any], counts: dict[str, Any], grads: bool = False) -> None:
         """Run ``fn`` (the method's ``hook``) and check what it did; ``counts``: the run's counters."""
@@ -230,16 +228,10 @@ class ContractGuard:
         return state
 
     def state_dict(self, where: str) -> dict[str, Any]:
-        try:
-            return self.method.state_dict()
-        except Exception as exc:  # noqa: BLE001
-            raise hook_error(self.method, "state_dict", where, exc) from exc
+        return call_method(self.method, "state_dict", where)
 
     def summary(self, where: str) -> dict[str, Any]:
-        try:
-            return self.method.summary()
-        except Exception as exc:  # noqa: BLE001
-            raise hook_error(self.method, "summary", where, exc) from exc
+        return call_method(self.method, "summary", where)
 
     def structure_changed(self) -> None:
         """Something outside a hook rebuilt the structure (a resumed method's ``load_state_dict``)."""
@@ -293,20 +285,16 @@ class ContractGuard:
         return values_changed, reshaped
 
     def _check_modules(self) -> None:
-        if self.method.touches != "modules":
-            return
-        names = {name for name, _ in self.learner.named_modules()}
-        missing = [m for m in self.method.touched_modules() if m not in names]
+        missing, _ = unknown_touched_modules(self.method, self.learner)
         if missing:
             self._violation("attach", "before training", f"touched_modules() names {', '.join(missing)}, which the "
                             f"learner does not have")
 
     def _check_optimizer(self, hook: str, where: str) -> None:
-        registered = {id(p) for group in self.learner.optimizer.param_groups for p in group["params"]}
-        for name, param in self.learner.named_parameters():
-            if param.requires_grad and id(param) not in registered:
-                self._violation(hook, where, f"trainable parameter {name} is not in the learner's optimizer (it "
-                                "would never train)")
+        name = untrained_parameter(self.learner)
+        if name is not None:
+            self._violation(hook, where, f"trainable parameter {name} is not in the learner's optimizer (it "
+                            "would never train)")
 
     @torch.no_grad()
     def _output(self) -> torch.Tensor:

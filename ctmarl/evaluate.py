@@ -13,10 +13,11 @@ from ctmarl.checkpoint import (
     CheckpointWriter, check_identity, checkpoint_file, deferred_interrupts, read_checkpoint, remove_stale_temporaries,
 )
 from ctmarl.config import stable_hash, to_plain
+from ctmarl.contract import call_method
 from ctmarl.envs.base import BatchedEnv
 from ctmarl.errors import CheckpointError, CtmarlError, OutputError
 from ctmarl.learner import make_learner
-from ctmarl.method import canonical_method_name, hook_error, load_method_config, make_method
+from ctmarl.method import canonical_method_name, load_method_config, make_method
 from ctmarl.protocol import ProgressFn, RunResult, Training
 from ctmarl.record import (
     SCHEMA_VERSION, config_hash, ensure_writable, provenance, record_filename, seal, write_record,
@@ -291,19 +292,12 @@ def build_record(spec: RunSpec, scenario, learner, method, result: RunResult) ->
         # Trainability at each task end (ctmarl.probe): a measurement, never part of config_hash.
         "plasticity_probe": rounded(result.plasticity_probe),
         # What the method did (not part of config_hash: it is an outcome, not a setting).
-        "method_summary": rounded(_final_summary(method)),
+        "method_summary": rounded(call_method(method, "summary", "at the end of the run")),
         # The method contract as the run checked it (ctmarl.contract); an outcome too.
         "contract": result.contract or None,
         "content_hash": None,
     }
     return seal(record)
-
-
-def _final_summary(method) -> dict[str, Any]:
-    try:
-        return method.summary()
-    except Exception as exc:  # noqa: BLE001 -- a plug-in's failure: one line naming it
-        raise hook_error(method, "summary", "at the end of the run", exc) from exc
 
 
 #: Decimal places kept for measured numbers in records: scores are computed in float32, whose

@@ -96,7 +96,7 @@ import yaml
 
 from ctmarl import stats, validity
 from ctmarl.aggregate import aggregate as cross_scenario_aggregate
-from ctmarl.config import from_mapping, stable_hash, to_plain
+from ctmarl.config import from_mapping, to_plain
 from ctmarl.errors import CtmarlError, RecordError, shorten
 from ctmarl.record import load_record, record_filename, with_recomputed_metrics, write_text_atomic
 from ctmarl.report import SCRATCH_METHOD, continual_summary, find_scratch
@@ -205,13 +205,18 @@ def check_provenance(record: Mapping[str, Any], where: str) -> None:
                           f"{commit[:12]}: commit everything, then re-run it")
 
 
+def _is_reference(entry_point: str) -> bool:
+    """Whether the method at ``entry_point`` ships in the ``ctmarl`` distribution."""
+    return entry_point.partition(":")[0].split(".")[0] in REFERENCE_PACKAGES
+
+
 def check_method_source(record: Mapping[str, Any], where: str, installed: dict[Any, Any] | None = None) -> None:
     """The method's code is identified and unchanged (see the module docstring). ``installed``
     caches re-derived source hashes by entry point across records."""
     from ctmarl.source import source_files, source_hash
 
     entry_point = record["method"]["entry_point"]
-    reference = entry_point.partition(":")[0].split(".")[0] in REFERENCE_PACKAGES
+    reference = _is_reference(entry_point)
     block = record["provenance"].get("method")
     if block is None:
         if reference:
@@ -295,7 +300,7 @@ def check_contract(record: Mapping[str, Any], where: str) -> None:
     before runs carried ``contract`` is admitted without it (``validate-method`` checks the
     reference methods in CI); a plug-in's never is."""
     entry_point = record["method"]["entry_point"]
-    reference = entry_point.partition(":")[0].split(".")[0] in REFERENCE_PACKAGES
+    reference = _is_reference(entry_point)
     contract = record.get("contract")
     if contract is None:
         if reference:
@@ -661,7 +666,7 @@ def render_markdown(leaderboard: Leaderboard) -> str:
         "  a task's evaluations: learning speed) over all seeds × tasks, with a 95% stratified-bootstrap",
         "  interval (seeds resampled within tasks; needs ≥ 2 seeds). Ranked by it; entries with fewer than",
         f"  {MIN_RANKED_SEEDS} seeds are listed after the ranked ones without a rank (–).",
-        f"- **performance**: mean final score per task; **retention**: mean score on every task after the last",
+        "- **performance**: mean final score per task; **retention**: mean score on every task after the last",
         f"  one (`{SCRATCH_METHOD}` wins AUC by forgetting: read the two together); **PR**: plasticity ratio against",
         f"  `{SCRATCH_METHOD}` with the same seeds; **forgetting**: mean drop from a task's best score to its score",
         "  after the last task.",
@@ -1021,8 +1026,9 @@ def audit_sample(admitted: list[Admitted], budget_s: float, seed: int) -> list[A
         walls.setdefault(item.key[:3], []).append(float(item.record["timing"]["wall_time_s"]))
     cost = {key: float(np.median(values)) for key, values in walls.items()}
     sample, left = [], float(budget_s)
-    for index in rng.permutation(len(groups)):
-        key = sorted(groups)[index]
+    keys = sorted(groups)
+    for index in rng.permutation(len(keys)):
+        key = keys[index]
         members = sorted(groups[key], key=lambda i: i.seed)
         item = members[int(rng.integers(len(members)))]
         if cost[key[:3]] <= left:

@@ -43,10 +43,10 @@ import torch
 
 from ctmarl import metrics
 from ctmarl.checkpoint import CheckpointWriter, InterruptRequest, global_rng_state, set_global_rng_state
+from ctmarl.contract import ContractGuard
 from ctmarl.envs.base import BatchedEnv, blend_settings
 from ctmarl.errors import NonFiniteLossError, RunInterrupted
 from ctmarl.learner import EpisodeBatch, Learner, NeuronGroup
-from ctmarl.contract import ContractGuard
 from ctmarl.method import Method, MethodContext, hook_error
 from ctmarl.neurons import GroupSnapshot, NeuronMonitor
 from ctmarl.probe import PlasticityProbe, ProbeSettings

@@ -296,7 +296,7 @@ def run_task(task: RunTask) -> RunOutcome:
     The run resumes from its checkpoint when there is one. Its traceback, if it fails, goes to
     ``<record stem>.error.log`` beside where its record would be (removed when it succeeds).
     """
-    from ctmarl.evaluate import evaluate, prepare, execute
+    from ctmarl.evaluate import prepare, execute
 
     configure_process(task.threads)
     started = time.perf_counter()

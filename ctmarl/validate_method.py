@@ -115,19 +115,47 @@ def check_protocol(cls: Any, overrides: Mapping[str, Any], name: str | None) -> 
     """(problem or None, the built config)."""
     if not (isinstance(cls, type) and issubclass(cls, Method)):
         return f"{cls!r} does not derive from ctmarl.method.Method", None
-    config_cls = cls.Config
-    if not dataclasses.is_dataclass(config_cls):
-        return f"{cls.__name__}.Config ({config_cls!r}) is not a dataclass", None
-    if not config_cls.__dataclass_params__.frozen:
-        return f"{cls.__name__}.Config ({config_cls.__name__}) is not frozen (use @dataclass(frozen=True))", None
+    problem = config_class_problem(cls)
+    if problem is not None:
+        return problem, None
     defaults = method_defaults(name) if name is not None else {}
     try:
-        config = from_mapping(config_cls, {**defaults, **overrides}, f"{cls.__name__}.Config")
+        config = from_mapping(cls.Config, {**defaults, **overrides}, f"{cls.__name__}.Config")
     except CtmarlError as exc:
         return f"its Config does not build from its defaults and the overrides: {exc}", None
+    return touches_problem(cls), config
+
+
+def config_class_problem(cls: type[Method]) -> str | None:
+    """Why ``cls.Config`` is not a frozen dataclass, or None."""
+    config_cls = cls.Config
+    if not dataclasses.is_dataclass(config_cls):
+        return f"{cls.__name__}.Config ({config_cls!r}) is not a dataclass"
+    if not config_cls.__dataclass_params__.frozen:
+        return f"{cls.__name__}.Config ({config_cls.__name__}) is not frozen (use @dataclass(frozen=True))"
+    return None
+
+
+def touches_problem(cls: type[Method]) -> str | None:
+    """Why ``cls.touches`` is not a known scope, or None."""
     if cls.touches not in SCOPES:
-        return f"{cls.__name__}.touches is {cls.touches!r}; must be one of {', '.join(SCOPES)}", None
-    return None, config
+        return f"{cls.__name__}.touches is {cls.touches!r}; must be one of {', '.join(SCOPES)}"
+    return None
+
+
+def unknown_touched_modules(method: Method, learner: torch.nn.Module) -> tuple[list[str], list[str]]:
+    """(modules ``touched_modules()`` names that the learner lacks, the learner's online modules)."""
+    if method.touches != "modules":
+        return [], []
+    known = sorted(n for n, _ in learner.named_modules() if n and not n.startswith("target_"))
+    return [m for m in method.touched_modules() if m not in known], known
+
+
+def untrained_parameter(learner: torch.nn.Module) -> str | None:
+    """The name of a trainable parameter that is not in the learner's optimizer, or None."""
+    registered = {id(p) for group in learner.optimizer.param_groups for p in group["params"]}
+    return next((name for name, param in learner.named_parameters()
+                 if param.requires_grad and id(param) not in registered), None)
 
 
 # --- instrumentation ---------------------------------------------------------------------------
@@ -247,11 +275,9 @@ class Instrument:
                 self.output_problem = (f"{label} changed the output by up to {delta:.3g} (scale {scale:.3g}), "
                                        "but the method declares preserves_output")
         if self.optimizer_problem is None:
-            registered = {id(p) for group in learner.optimizer.param_groups for p in group["params"]}
-            for name, param in learner.named_parameters():
-                if param.requires_grad and id(param) not in registered:
-                    self.optimizer_problem = f"after {label}, trainable parameter {name} is not in the optimizer"
-                    break
+            name = untrained_parameter(learner)
+            if name is not None:
+                self.optimizer_problem = f"after {label}, trainable parameter {name} is not in the optimizer"
 
     def _scope_hint(self) -> str:
         if self.method.touches == "modules":
@@ -450,13 +476,10 @@ def _validate_learner(report: Report, cls: type[Method], config: Any, learner_na
 
 
 def _check_touched_modules(run: ContinualRun) -> str | None:
-    if run.method.touches != "modules":
-        return None
-    known = {n for n, _ in run.learner.named_modules() if n and not n.startswith("target_")}
-    unknown = [m for m in run.method.touched_modules() if m not in known]
+    unknown, known = unknown_touched_modules(run.method, run.learner)
     if unknown:
         return (f"touched_modules() names {unknown[0]!r}, which the learner does not have; "
-                f"modules: {', '.join(sorted(known))}")
+                f"modules: {', '.join(known)}")
     return None
 
 
