@@ -228,7 +228,7 @@ def test_kinds_change_no_movement_and_refine_the_prey_channel():
 # --- the scenario --------------------------------------------------------------------------------
 @pytest.mark.parametrize("tier", ["smoke", "quick", "standard"])
 def test_drift_scenario_shapes_are_fixed_across_tasks(tier):
-    scenario = ctmarl.make_scenario("predator_prey_drift")
+    scenario = ctmarl.make_scenario("predator_prey_drift-v1")
     tasks = scenario.tasks(tier)
     assert len(tasks) == 24 and scenario.protocol.repeat == 4
     assert [t.name for t in tasks[:7]] == ["A0", "B0", "A-0.25", "B-0.25", "A-0.5", "B-0.5", "A0#2"]
@@ -247,7 +247,7 @@ def test_drift_scenario_shapes_are_fixed_across_tasks(tier):
 
 
 def _drift_view(task_index=1):
-    task = ctmarl.make_scenario("predator_prey_drift").tasks("quick")[task_index]
+    task = ctmarl.make_scenario("predator_prey_drift-v1").tasks("quick")[task_index]
     return lambda seed: task.make_env(1, seed=seed)
 
 
