@@ -226,18 +226,32 @@ def test_kinds_change_no_movement_and_refine_the_prey_channel():
 
 
 # --- the scenario --------------------------------------------------------------------------------
+DRIFT_VERSIONS = {
+    # id: (tasks per pass, passes, names of the first pass, paying kinds, punishments)
+    "predator_prey_drift-v1": (6, 4, ["A0", "B0", "A-0.25", "B-0.25", "A-0.5", "B-0.5"], [0, 1, 0, 1, 0, 1],
+                               [0.0, 0.0, -0.25, -0.25, -0.5, -0.5]),
+    "predator_prey_drift-v2": (4, 5, ["A0", "B0", "A-0.1", "B-0.1"], [0, 1, 0, 1], [0.0, 0.0, -0.1, -0.1]),
+}
+
+
 @pytest.mark.parametrize("tier", ["smoke", "quick", "standard"])
-def test_drift_scenario_shapes_are_fixed_across_tasks(tier):
-    scenario = ctmarl.make_scenario("predator_prey_drift-v1")
+@pytest.mark.parametrize("scenario_id", sorted(DRIFT_VERSIONS))
+def test_drift_scenario_shapes_are_fixed_across_tasks(scenario_id, tier):
+    per_pass, passes, names, kinds, punishments = DRIFT_VERSIONS[scenario_id]
+    scenario = ctmarl.make_scenario(scenario_id)
     tasks = scenario.tasks(tier)
-    assert len(tasks) == 24 and scenario.protocol.repeat == 4
-    assert [t.name for t in tasks[:7]] == ["A0", "B0", "A-0.25", "B-0.25", "A-0.5", "B-0.5", "A0#2"]
-    assert [t.settings.paying_kind for t in tasks[:6]] == [0, 1, 0, 1, 0, 1]
-    assert [t.settings.miscapture_punishment for t in tasks[:6]] == [0.0, 0.0, -0.25, -0.25, -0.5, -0.5]
-    assert [t.definition for t in tasks] == list(range(6)) * 4
+    assert len(tasks) == per_pass * passes and scenario.protocol.repeat == passes
+    assert [t.name for t in tasks[:per_pass + 1]] == names + ["A0#2"]
+    assert [t.settings.paying_kind for t in tasks[:per_pass]] == kinds
+    assert [t.settings.miscapture_punishment for t in tasks[:per_pass]] == punishments
+    assert [t.definition for t in tasks] == list(range(per_pass)) * passes
+    # every visit of a task is the same task: settings equal pass after pass
+    assert all(t.settings == tasks[t.definition].settings for t in tasks)
+    # consecutive tasks always switch the paying kind (the drift that forces new learning)
+    assert all(a.settings.paying_kind != b.settings.paying_kind for a, b in zip(tasks, tasks[1:]))
     assert {(t.settings.prey_kinds, t.settings.decoy_reward) for t in tasks} == {(2, -1.0)}
     shapes = set()
-    for task in tasks[:6]:
+    for task in tasks[:per_pass]:
         env = task.make_env(2)
         first = env.reset(seed=0)
         shapes.add((env.info, tuple(first.obs.shape), tuple(first.state.shape), tuple(first.avail_actions.shape)))
@@ -246,8 +260,15 @@ def test_drift_scenario_shapes_are_fixed_across_tasks(tier):
     assert info.obs_dim == 100 and info.state_dim == 3 * info.n_agents + 5 * tasks[0].settings.n_prey
 
 
-def _drift_view(task_index=1):
-    task = ctmarl.make_scenario("predator_prey_drift-v1").tasks("quick")[task_index]
+def test_drift_v2_quick_world():
+    """v2's quick world: one pair, two prey of each kind, so the capturable paying prey is one."""
+    settings = ctmarl.make_scenario("predator_prey_drift-v2").tasks("quick")[0].settings
+    assert (settings.grid_size, settings.n_agents, settings.n_prey, settings.episode_limit) == (6, 2, 4, 40)
+    assert settings.paying_prey == 2 and settings.capturable_prey == 1
+
+
+def _drift_view(task_index=1, scenario_id="predator_prey_drift-v1"):
+    task = ctmarl.make_scenario(scenario_id).tasks("quick")[task_index]
     return lambda seed: task.make_env(1, seed=seed)
 
 
@@ -260,3 +281,15 @@ def test_drift_pettingzoo_parallel_api():
 
 def test_drift_pettingzoo_parallel_seed():
     parallel_seed_test(lambda: ParallelEnvView(_drift_view(2)), num_cycles=100)
+
+
+def test_drift_v2_pettingzoo_parallel_api():
+    view = ParallelEnvView(_drift_view(3, "predator_prey_drift-v2"))  # B-0.1: kind B pays, p = -0.1
+    parallel_api_test(view, num_cycles=100)
+    obs, infos = view.reset(seed=1)
+    assert view.state().shape == (3 * 2 + 5 * 4,) and obs["agent_0"].shape == (100,)
+    assert sorted(obs) == ["agent_0", "agent_1"]
+
+
+def test_drift_v2_pettingzoo_parallel_seed():
+    parallel_seed_test(lambda: ParallelEnvView(_drift_view(2, "predator_prey_drift-v2")), num_cycles=100)
