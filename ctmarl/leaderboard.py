@@ -95,6 +95,7 @@ import numpy as np
 import yaml
 
 from ctmarl import stats, validity
+from ctmarl import claims as paper_claims
 from ctmarl.aggregate import aggregate as cross_scenario_aggregate
 from ctmarl.config import from_mapping, to_plain
 from ctmarl.errors import CtmarlError, RecordError, shorten
@@ -506,6 +507,8 @@ class Leaderboard:
     n_records: int
     aggregate: list[dict[str, Any]] = field(default_factory=list)
     """The cross-scenario aggregate (:mod:`ctmarl.aggregate`)."""
+    claims: list[dict[str, Any]] = field(default_factory=list)
+    """The KNIFE paper's claims with their evidence and verdicts (:mod:`ctmarl.claims`)."""
 
     def data(self) -> dict[str, Any]:
         """The content of leaderboard.yaml."""
@@ -535,6 +538,9 @@ class Leaderboard:
                               "plasticity loss), seed and task of the AUC normalised between none (0) and "
                               "reset_all (1) of the same seed, with a 95% stratified-bootstrap interval "
                               "((scenario, task) strata); see ctmarl/aggregate.py"),
+                "claims": ("the KNIFE paper's four claims, each with its rows of evidence from the records and a "
+                           "verdict (supported / not supported / not separable / not measured); only tables whose "
+                           "validity verdict is shows plasticity loss vote; rules in ctmarl/claims.py"),
                 "unranked_entries": (f"the entries of {'/'.join(UNRANKED_TIERS)}-tier tables: kept because "
                                      "`ctmarl leaderboard check` re-runs their records, never ranked"),
                 "metrics": ("every number is computed from the records' curves and R; a record whose stored "
@@ -543,13 +549,14 @@ class Leaderboard:
             "boards": [{"scenario": b.scenario, "version": b.version, "tier": b.tier, "learner": b.learner,
                         "validity": b.validity} for b in self.boards],
             "aggregate": self.aggregate,
+            "claims": self.claims,
             "entries": [entry for board in self.boards if board.ranked for entry in board.entries],
             "unranked_entries": [entry for board in self.boards if not board.ranked for entry in board.entries],
         }
 
     def yaml_text(self) -> str:
         data = self.data()
-        entries = {key: data.pop(key) for key in ("aggregate", "entries", "unranked_entries")}
+        entries = {key: data.pop(key) for key in ("aggregate", "claims", "entries", "unranked_entries")}
         # The explanations in block style, the entries with short lists inline (seeds, CI).
         return (_HEADER + yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=100)
                 + yaml.safe_dump(entries, sort_keys=False, default_flow_style=None, width=100))
@@ -608,7 +615,8 @@ def assemble(admitted: list[Admitted]) -> Leaderboard:
             })
         rank_entries(board)
         boards.append(board)
-    return Leaderboard(boards, len(admitted), cross_scenario_aggregate(boards, by_board))
+    aggregate = cross_scenario_aggregate(boards, by_board)
+    return Leaderboard(boards, len(admitted), aggregate, paper_claims.claims(boards, by_board, aggregate))
 
 
 def _unranked_reason(board: Board, entry: Mapping[str, Any]) -> str | None:
@@ -683,6 +691,7 @@ def render_markdown(leaderboard: Leaderboard) -> str:
     if not leaderboard.boards:
         lines += ["No records yet.", ""]
     lines += _aggregate_markdown(leaderboard)
+    lines += paper_claims.markdown(leaderboard.claims)
     ranked = [board for board in leaderboard.boards if board.ranked]
     unranked = [board for board in leaderboard.boards if not board.ranked]
     for board in ranked:
