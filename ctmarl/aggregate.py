@@ -37,6 +37,12 @@ def _auc(item: Any) -> np.ndarray:
     return np.asarray(item.record["metrics"]["auc_per_task"], dtype=float)
 
 
+def shows_loss(board: Any) -> bool:
+    """Whether a leaderboard table counts as valid: ranked, and its validity verdict is *shows
+    plasticity loss*."""
+    return board.ranked and board.validity is not None and board.validity["verdict"] == validity.SHOWS
+
+
 def normalised_scores(items: list[Any], none: Mapping[int, Any], scratch: Mapping[int, Any]) -> tuple[
         dict[int, np.ndarray], int]:
     """{seed: z per task} for the method's ``items`` with a same-seed ``none`` and ``reset_all``
@@ -61,7 +67,7 @@ def aggregate(boards: list[Any], records: Mapping[tuple, Mapping[str, list[Any]]
     (scenario, version, tier, learner), its admitted records by method."""
     per: dict[tuple[str, str], dict[str, Any]] = {}
     for board in boards:
-        if not board.ranked or board.validity is None or board.validity["verdict"] != validity.SHOWS:
+        if not shows_loss(board):
             continue
         methods = records[(board.scenario, board.version, board.tier, board.learner)]
         none = {item.seed: item for item in methods.get(NONE, [])}

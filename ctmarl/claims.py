@@ -40,7 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from ctmarl import stats, validity
+from ctmarl import validity
+from ctmarl.aggregate import shows_loss
 
 KNIFE = "knife"
 RIVALS = ("redo", "grama", "reset", "injection")
@@ -50,11 +51,6 @@ LEARNERS = ("qmix", "qplex")
 DIFFER_SHARE = 0.1
 SUPPORTED, NOT_SUPPORTED, NOT_SEPARABLE, NOT_MEASURED = (
     "supported", "not supported", "not separable", "not measured")
-DECIMALS = 4
-
-
-def _num(value: float | None) -> float | None:
-    return None if value is None or np.isnan(value) else round(float(value), DECIMALS) + 0.0
 
 
 def interval_verdict(ci: list[float] | None, threshold: float) -> str:
@@ -88,16 +84,6 @@ def combine(row_verdicts: list[str]) -> str:
     if all(v == SUPPORTED for v in row_verdicts):
         return SUPPORTED
     return NOT_SEPARABLE
-
-
-def _mean_ci(per_seed: list[float]) -> tuple[float | None, list[float] | None]:
-    values = np.asarray(per_seed, dtype=float)
-    if values.size == 0:
-        return None, None
-    if values.size < 2:
-        return _num(values.mean()), None
-    low, high = stats.mean_ci(values)
-    return _num(values.mean()), [_num(low), _num(high)]
 
 
 # --- the neuron claims -------------------------------------------------------------------------
@@ -152,13 +138,12 @@ def _neuron_rows(boards: list[Any], records: Mapping[tuple, Mapping[str, list[An
             validity.NONE_METHOD, []) if _has_neurons(i.record)]
         if len(items) < validity.MIN_SEEDS:
             continue
-        votes = board.validity is not None and board.validity["verdict"] == validity.SHOWS
+        votes = shows_loss(board)
         base = {"table": board.title, "seeds": sorted(i.seed for i in items), "votes": votes}
-        mean, ci = _mean_ci([mixer_minus_agent(i.record["neurons"]) for i in items])
+        mean, ci = validity.summarise([mixer_minus_agent(i.record["neurons"]) for i in items])
         concentrate.append({**base, "mixer_minus_agent": mean, "ci95": ci, "verdict": interval_verdict(ci, 0.0)})
         for other in ("dormant", "grama"):
-            shares = [share_not_flagged(i.record["neurons"], other) for i in items]
-            mean, ci = _mean_ci([s for s in shares if not np.isnan(s)])
+            mean, ci = validity.summarise([share_not_flagged(i.record["neurons"], other) for i in items])
             differ.append({**base, "other": other, "share_not_flagged": mean, "ci95": ci,
                            "verdict": interval_verdict(ci, DIFFER_SHARE)})
     return concentrate, differ
@@ -183,8 +168,7 @@ def _method_rows(boards: list[Any], aggregate: list[Mapping[str, Any]]) -> tuple
         else:
             helps.append({"learner": learner, "verdict": NOT_MEASURED, "votes": True,
                           "why": "no knife record on a table that shows plasticity loss"})
-        tables = [b for b in boards if b.learner == learner and b.ranked and b.validity is not None
-                  and b.validity["verdict"] == validity.SHOWS]
+        tables = [b for b in boards if b.learner == learner and shows_loss(b)]
         for rival in RIVALS:
             if knife is None or rival not in agg:
                 continue
