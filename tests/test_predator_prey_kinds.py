@@ -231,6 +231,7 @@ DRIFT_VERSIONS = {
     "predator_prey_drift-v1": (6, 4, ["A0", "B0", "A-0.25", "B-0.25", "A-0.5", "B-0.5"], [0, 1, 0, 1, 0, 1],
                                [0.0, 0.0, -0.25, -0.25, -0.5, -0.5]),
     "predator_prey_drift-v2": (4, 5, ["A0", "B0", "A-0.1", "B-0.1"], [0, 1, 0, 1], [0.0, 0.0, -0.1, -0.1]),
+    "predator_prey_drift-v3": (4, 4, ["A0", "B0", "A-0.1", "B-0.1"], [0, 1, 0, 1], [0.0, 0.0, -0.1, -0.1]),
 }
 
 
@@ -260,11 +261,26 @@ def test_drift_scenario_shapes_are_fixed_across_tasks(scenario_id, tier):
     assert info.obs_dim == 100 and info.state_dim == 3 * info.n_agents + 5 * tasks[0].settings.n_prey
 
 
-def test_drift_v2_quick_world():
-    """v2's quick world: one pair, two prey of each kind, so the capturable paying prey is one."""
-    settings = ctmarl.make_scenario("predator_prey_drift-v2").tasks("quick")[0].settings
+@pytest.mark.parametrize("scenario_id", ["predator_prey_drift-v2", "predator_prey_drift-v3"])
+def test_drift_quick_world(scenario_id):
+    """v2's and v3's quick world: one pair, two prey of each kind, so the capturable paying prey is one."""
+    settings = ctmarl.make_scenario(scenario_id).tasks("quick")[0].settings
     assert (settings.grid_size, settings.n_agents, settings.n_prey, settings.episode_limit) == (6, 2, 4, 40)
     assert settings.paying_prey == 2 and settings.capturable_prey == 1
+
+
+def test_drift_v3_is_v2_with_a_longer_exploration():
+    """v3 changes only what its header says: the quick tier's epsilon schedule and steps per visit,
+    and four passes instead of five; the env, the tasks and every other setting are v2's."""
+    v2, v3 = (ctmarl.make_scenario(f"predator_prey_drift-v{v}").spec for v in (2, 3))
+    assert ctmarl.make_scenario("predator_prey_drift").version == 3  # the bare name is the newest
+    assert (v3.env, v3.tasks, v3.tiers.smoke, v3.tiers.standard) == (v2.env, v2.tasks, v2.tiers.smoke, v2.tiers.standard)
+    assert v3.protocol == dataclasses.replace(v2.protocol, repeat=4)
+    q2, q3 = v2.tiers.quick, v3.tiers.quick
+    assert (q2.env_steps_per_task, q3.env_steps_per_task) == (40_000, 60_000)
+    assert (q2.learner["epsilon_anneal_steps"], q3.learner["epsilon_anneal_steps"]) == (10_000, 25_000)
+    assert dict(q3.learner, epsilon_anneal_steps=0) == dict(q2.learner, epsilon_anneal_steps=0)
+    assert (q3.num_envs, q3.env) == (q2.num_envs, q2.env)
 
 
 def _drift_view(task_index=1, scenario_id="predator_prey_drift-v1"):
