@@ -28,7 +28,7 @@ from ctmarl.progress import DEFAULT_EVERY_SECONDS as DEFAULT_PROGRESS_SECONDS
 from ctmarl.progress import ProgressLines
 from ctmarl.runlog import parse_loggers, require_loggers
 from ctmarl.registry import ENVS, LEARNERS, METHODS
-from ctmarl.scenario import TIER_NAMES, make_scenario, scenario_names
+from ctmarl.scenario import TIER_NAMES, make_scenario, scenario_ids, scenario_names
 from ctmarl.sweep import EXECUTORS
 
 #: Seconds between the progress lines of each run of a sweep.
@@ -153,6 +153,10 @@ def list_command() -> None:
         for tier in TIER_NAMES:
             t = scenario.tier(tier)
             click.echo(f"    {tier:<9} {t.env_steps_per_task:>10} env steps/task, {t.num_envs} envs")
+    newest = {make_scenario(name).id for name in scenario_names()}
+    older = [i for i in scenario_ids() if i not in newest]
+    if older:  # kept so that their records stay reproducible; the bare name loads the newest
+        click.echo(f"  older versions: {', '.join(older)}")
     for heading, registry in (("learners", LEARNERS), ("methods", METHODS), ("env families", ENVS)):
         click.echo(f"{heading}:")
         for name in registry.names():

@@ -450,5 +450,10 @@ def make_scenario(name: str) -> Scenario:
 
 
 def scenario_names() -> list[str]:
-    """Bare names of the standard scenarios."""
+    """Bare names of the standard scenarios (each loads its newest version)."""
     return [n for n in SCENARIOS.names() if "-v" not in n]
+
+
+def scenario_ids() -> list[str]:
+    """Versioned ids of every shipped scenario version, older versions included."""
+    return [n for n in SCENARIOS.names() if "-v" in n]

@@ -4,16 +4,22 @@ import pytest
 import yaml
 
 from ctmarl.errors import ConfigError, UnknownNameError
-from ctmarl.scenario import TIER_NAMES, make_scenario, scenario_names
+from ctmarl.scenario import TIER_NAMES, make_scenario, scenario_ids, scenario_names
 
 STANDARD = Path(__file__).resolve().parents[1] / "scenarios" / "matrix_drift.yaml"
 
 
 def test_standard_scenarios_load_and_validate():
+    """Every shipped version, older ones included, loads with fixed sizes across its tasks; a bare
+    name is its newest version."""
     assert "matrix_drift" in scenario_names()
+    assert {"predator_prey_drift-v1", "predator_prey_drift-v2", "matrix_drift-v1"} <= set(scenario_ids())
     for name in scenario_names():
-        scenario = make_scenario(name)
-        assert make_scenario(scenario.id) is scenario
+        newest = max(int(i.rsplit("-v", 1)[1]) for i in scenario_ids() if i.rsplit("-v", 1)[0] == name)
+        assert make_scenario(name) is make_scenario(f"{name}-v{newest}")
+    for scenario_id in scenario_ids():
+        scenario = make_scenario(scenario_id)
+        assert scenario.id == scenario_id
         for tier in TIER_NAMES:
             infos = {task.make_env(2).info for task in scenario.tasks(tier)}
             assert len(infos) == 1, "sizes must be fixed across tasks"
