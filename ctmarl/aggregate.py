@@ -1,7 +1,11 @@
 """The cross-scenario aggregate: one number per method and learner over every valid scenario.
 
 A scenario's table enters when ``ctmarl validity`` says it shows plasticity loss (its verdict on
-the leaderboard, from its ``none`` and ``reset_all`` records) and it is ranked (not smoke). In it,
+the leaderboard, from its ``none`` and ``reset_all`` records) and it is ranked (not smoke), and only
+the newest such version of a scenario at a tier and learner: a later version supersedes an earlier
+one (``predator_prey_drift-v3`` re-calibrates v2's tier), so one scenario is not counted twice and
+the aggregate moves to the new version as its records land (an older version's table still stands,
+with its own verdict, on the leaderboard). In it,
 each of a method's seeds that has the ``none`` and ``reset_all`` record of the same seed gives,
 per task k, the **normalised AUC**
 
@@ -66,9 +70,14 @@ def aggregate(boards: list[Any], records: Mapping[tuple, Mapping[str, list[Any]]
     leaderboard's tables (their ``validity`` and ``ranked``); ``records``: per table key
     (scenario, version, tier, learner), its admitted records by method."""
     per: dict[tuple[str, str], dict[str, Any]] = {}
-    for board in boards:
-        if not shows_loss(board):
-            continue
+    valid = [board for board in boards if shows_loss(board)]
+    newest: dict[tuple[str, str, str], int] = {}
+    for board in valid:
+        key = (board.scenario, board.tier, board.learner)
+        newest[key] = max(newest.get(key, board.version), board.version)
+    for board in valid:
+        if board.version != newest[(board.scenario, board.tier, board.learner)]:
+            continue  # superseded by a newer valid version of the same scenario
         methods = records[(board.scenario, board.version, board.tier, board.learner)]
         none = {item.seed: item for item in methods.get(NONE, [])}
         scratch = {item.seed: item for item in methods.get(SCRATCH, [])}

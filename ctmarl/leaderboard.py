@@ -535,7 +535,7 @@ class Leaderboard:
                 "reference": (f"{' and '.join(REFERENCE_METHODS)}: the references every table is measured against "
                               "(keep the network; train each task from scratch), never ranked, listed last"),
                 "aggregate": ("per learner and method, the IQM over every valid scenario (validity: shows "
-                              "plasticity loss), seed and task of the AUC normalised between none (0) and "
+                              "plasticity loss; of a scenario, its newest valid version), seed and task of the AUC normalised between none (0) and "
                               "reset_all (1) of the same seed, with a 95% stratified-bootstrap interval "
                               "((scenario, task) strata); see ctmarl/aggregate.py"),
                 "claims": ("the KNIFE paper's four claims, each with its rows of evidence from the records and a "
@@ -709,7 +709,8 @@ def _aggregate_markdown(leaderboard: Leaderboard) -> list[str]:
     """The headline: the cross-scenario aggregate per learner (ctmarl/aggregate.py)."""
     lines = ["## Across valid scenarios", "",
              "IQM of the per-task AUC normalised between `none` (0) and `reset_all` (1) of the same seed, over every",
-             "ranked table whose validity verdict is *shows plasticity loss*, with a 95% stratified-bootstrap",
+             "ranked table whose validity verdict is *shows plasticity loss* (of a scenario, only its newest such",
+             "version: a re-calibrated version supersedes the one it replaces), with a 95% stratified-bootstrap",
              "interval ((scenario, task) strata). Each method is aggregated over the tables it has records in",
              "(listed with their seeds); definitions in ctmarl/aggregate.py.", ""]
     if not leaderboard.aggregate:

@@ -144,6 +144,32 @@ def test_cross_scenario_aggregate_by_hand():
     assert aggregate_module.aggregate(board.boards, by_table) == []
 
 
+def test_a_newer_valid_version_supersedes_the_older_in_the_aggregate():
+    """Only the newest version of a scenario whose table shows plasticity loss enters the aggregate:
+    a re-calibrated version is not counted beside the one it replaces; an invalid newer one is not
+    a replacement."""
+    items = []
+    for version, m_auc in ((1, [0.2, 0.8]), (2, [0.2, 0.6])):
+        items += [_fake("none", s, [0.2, 0.4], version=version) for s in (0, 1)]
+        items += [_fake("reset_all", s, [0.2, 0.8], version=version) for s in (0, 1)]
+        items += [_fake("m", s, m_auc, version=version) for s in (0, 1)]
+    board = lb.assemble(items)
+    by_table = {}
+    for item in items:
+        by_table.setdefault(item.key[:4], {}).setdefault(item.key[4], []).append(item)
+    for table in board.boards:
+        table.validity = {"verdict": "shows plasticity loss", "reason": "r"}
+    rows = {e["method"]: e for e in aggregate_module.aggregate(board.boards, by_table)}
+    assert rows["m"]["scenarios"] == [{"table": "toy-v2 · quick · qmix", "seeds": [0, 1]}]
+    assert rows["m"]["normalised_auc_iqm"] == pytest.approx(0.5)  # v2's z = (0, 1) for both seeds
+    for table in board.boards:
+        if table.version == 2:
+            table.validity = {"verdict": "inconclusive", "reason": "r"}
+    rows = {e["method"]: e for e in aggregate_module.aggregate(board.boards, by_table)}
+    assert rows["m"]["scenarios"] == [{"table": "toy-v1 · quick · qmix", "seeds": [0, 1]}]
+    assert rows["m"]["normalised_auc_iqm"] == pytest.approx(1.0)
+
+
 def test_missing_references_are_named_not_invented():
     board = lb.assemble([_fake("x", 0, [0.5, 0.5]), _fake("x", 2, [0.7, 0.7]), _fake("reset_all", 0, [0.5, 0.5]),
                          _fake("y", 0, [0.3, 0.3], forgetting=None)])
