@@ -80,6 +80,12 @@ class _Group(click.Group):
             sys.exit(130)
         except _CLICK_EXITS:
             raise
+        except BrokenPipeError:  # the reader closed stdout (`ctmarl ... | head`): stop quietly, as
+            # Unix tools do on SIGPIPE; stdout goes to /dev/null so the interpreter's flush at exit
+            # does not raise again. Files a command wrote before its next line of output stay.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(141)
         except Exception as exc:  # noqa: BLE001 -- the one place that reports what nothing else caught
             log = _write_traceback(exc, ctx.meta.get("ctmarl.out"))
             first_line = shorten((str(exc).strip().splitlines() or [""])[0], 200)

@@ -60,3 +60,16 @@ def test_unwritable_out_fails_before_training(tmp_path):
                     "--out", str(blocker / "runs"))
     assert result.exit_code == 2
     assert result.output.startswith("error: cannot write to output folder")
+
+
+def test_a_closed_stdout_pipe_ends_quietly():
+    """`ctmarl list | head -1`: the reader goes away; no 'internal error' line, no traceback file."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "ctmarl.cli", "list"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # at once: the child is still importing, so its first line finds no reader
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, stderr
+    assert "error" not in stderr and "Traceback" not in stderr
