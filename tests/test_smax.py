@@ -202,21 +202,33 @@ def test_enemy_unit_weights_draw_the_enemies_on_their_own():
     assert abs(same_as_ally / draws - 0.125) < 0.05
 
 
-def test_matchups_scenario_pits_one_unit_type_against_another():
+@pytest.mark.parametrize("scenario_id, n_defs, repeat", [("smacv2_matchups-v1", 4, 3), ("smacv2_matchups-v2", 3, 5)])
+def test_matchups_scenario_pits_one_unit_type_against_another(scenario_id, n_defs, repeat):
     """smacv2_matchups: every task's allies are all of one type and its enemies all of another, the
-    four match-ups differ, sizes never change, and each repeat replays the same definitions."""
-    scenario = ctmarl.make_scenario("smacv2_matchups")
+    match-ups differ, sizes never change, and each repeat replays the same definitions."""
+    scenario = ctmarl.make_scenario(scenario_id)
     tasks = scenario.tasks("smoke")
-    assert len(tasks) == 12 and [t.definition for t in tasks] == [0, 1, 2, 3] * 3
+    assert len(tasks) == n_defs * repeat and [t.definition for t in tasks] == list(range(n_defs)) * repeat
     assert len({task.make_env(2).info for task in tasks}) == 1
     seen = set()
-    for task in tasks[:4]:
+    for task in tasks[:n_defs]:
         types = task.make_env(COPIES, seed=task.index).reset().state[:, -6:].long()  # 3 allies, 3 enemies
         ally, enemy = UNIT_TYPES.index(task.settings.team_units[0]), UNIT_TYPES.index(
             next(iter(task.settings.enemy_unit_weights)))
         assert bool((types[:, :3] == ally).all()) and bool((types[:, 3:] == enemy).all()) and ally != enemy
         seen.add((ally, enemy))
-    assert len(seen) == 4
+    assert len(seen) == n_defs
+
+
+def test_matchups_v2_keeps_v1s_world_and_learner():
+    """v2 changes only the match-ups, the number of passes and the quick tier's budget."""
+    v1, v2 = ctmarl.make_scenario("smacv2_matchups-v1"), ctmarl.make_scenario("smacv2_matchups")
+    assert v2.version == 2
+    one, two = v1.tasks("quick")[0], v2.tasks("quick")[0]
+    assert one.make_env(2).info == two.make_env(2).info
+    for tier in ("smoke", "quick", "standard"):
+        assert v1.tier(tier).learner == v2.tier(tier).learner
+    assert v1.tier("quick").env_steps_per_task == 120_000 and v2.tier("quick").env_steps_per_task == 100_000
 
 
 def test_start_positions_follow_smacv2():
