@@ -535,8 +535,8 @@ class Leaderboard:
                 "reference": (f"{' and '.join(REFERENCE_METHODS)}: the references every table is measured against "
                               "(keep the network; train each task from scratch), never ranked, listed last"),
                 "aggregate": ("per learner and method, the IQM over every valid scenario (validity: shows "
-                              "plasticity loss; of a scenario, its newest valid version), seed and task of the AUC normalised between none (0) and "
-                              "reset_all (1) of the same seed, with a 95% stratified-bootstrap interval "
+                              "plasticity loss; of a scenario, its newest valid version), seed and task of the AUC "
+                              "normalised between none (0) and reset_all (1) of the same seed, with a 95% stratified-bootstrap interval "
                               "((scenario, task) strata); see ctmarl/aggregate.py"),
                 "claims": ("the KNIFE paper's four claims, each with its rows of evidence from the records and a "
                            "verdict (supported / not supported / not separable / not measured); only tables whose "
