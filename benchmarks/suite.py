@@ -3,6 +3,7 @@
     python benchmarks/suite.py                          # every section (about an hour on 2 cores)
     python benchmarks/suite.py --quick                  # every section, tiny sizes: checks it runs
     python benchmarks/suite.py --sections envs learners --threads 1 --out bench.md
+    python benchmarks/suite.py --sections tiers --scenarios matrix_drift_long   # one tier's wall time
 
 Sections (``--sections``, in this order):
 
@@ -117,6 +118,11 @@ class Options:
     folder: Path
     methods: tuple[str, ...] = ()
     """Methods of the methods section (empty: every registered method)."""
+    scenarios: tuple[str, ...] = ()
+    """Scenarios of the envs, runs and tiers sections (empty: every shipped scenario)."""
+
+    def scenario_names(self) -> list[str]:
+        return [name for name in scenario_names() if not self.scenarios or name in self.scenarios]
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -163,7 +169,7 @@ def section_envs(opts: Options) -> Iterator[Row]:
 
     sizes = [1, 8] if opts.quick else [1, 8, 64, 1024]
     steps, warmup = (20, 2) if opts.quick else (200, 20)
-    for name in scenario_names():
+    for name in opts.scenario_names():
         seen: dict[str, str] = {}
         for tier in ("quick",) if opts.quick else ("quick", "standard"):
             try:
@@ -213,7 +219,7 @@ def section_learners(opts: Options) -> Iterator[Row]:
 
 def section_runs(opts: Options) -> Iterator[Row]:
     tier = "smoke" if opts.quick else "quick"
-    for name in scenario_names():
+    for name in opts.scenario_names():
         for learner in ("qmix", "qplex"):
             try:
                 path = trimmed_scenario(name, opts.folder, tasks=1)
@@ -276,7 +282,7 @@ def section_methods(opts: Options) -> Iterator[Row]:
 
 def section_tiers(opts: Options) -> Iterator[Row]:
     tier = "smoke" if opts.quick else "quick"
-    for name in scenario_names():
+    for name in opts.scenario_names():
         try:
             wall, record = timed_run(RunSpec(name, algo="none", tier=tier, device=opts.device))
         except Exception as exc:
@@ -407,11 +413,16 @@ def main() -> None:
                         help="PyMARL2's env steps/s to compare with (default: %(default)s, 2-core machine)")
     parser.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                         help="methods of the methods section, each timed against none (default: all registered)")
+    parser.add_argument("--scenarios", nargs="+", default=None, metavar="SCENARIO",
+                        help="scenarios of the envs, runs and tiers sections (default: every shipped one)")
     parser.add_argument("--out", type=Path, default=None, help="also write the table to this markdown file")
     args = parser.parse_args()
     unknown = sorted(set(args.methods or ()) - set(METHODS.names()))
     if unknown:
         parser.error(f"unknown method(s) {', '.join(unknown)}; registered: {', '.join(METHODS.names())}")
+    unknown = sorted(set(args.scenarios or ()) - set(scenario_names()))
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(unknown)}; shipped: {', '.join(scenario_names())}")
 
     configure_process(args.threads)
     with tempfile.TemporaryDirectory() as folder:
@@ -420,7 +431,7 @@ def main() -> None:
             repeats=args.repeats or (1 if args.quick else 3),
             pymarl2_env_steps=args.pymarl2_env_steps or (30_000 if args.quick else 100_000),
             pymarl2_reference=args.pymarl2_reference, folder=Path(folder),
-            methods=tuple(args.methods or ()),
+            methods=tuple(args.methods or ()), scenarios=tuple(args.scenarios or ()),
         )
         print(f"<!-- ctmarl benchmark suite{' (--quick)' if args.quick else ''}: torch {torch.__version__}, "
               f"{platform.machine()} {os.cpu_count()} CPUs, {args.threads} thread(s), device {args.device}, "
