@@ -22,8 +22,11 @@ tables with enough records are listed, marked, for the reader.
    AUC in the cross-scenario aggregate (:mod:`ctmarl.aggregate`) and its IQM AUC in each valid
    table, against each rival's: *better* when KNIFE's 95% interval lies entirely above the
    rival's, *worse* when entirely below, else *not separable* (non-overlapping intervals: a
-   conservative test). A learner's verdict is supported when KNIFE is better than every rival in
-   the aggregate, not supported when any rival is better, else not separable.
+   conservative test). The aggregate comparison needs both methods averaged over the same valid
+   tables (seed counts may differ): otherwise the row reads *different tables* and does not vote,
+   since one scenario's scores would stand against another's. A learner's verdict is supported
+   when KNIFE is better than every rival in the aggregate, not supported when any rival is
+   better, else not separable.
 4. **KNIFE helps both QMIX and QPLEX.** Per learner, KNIFE's aggregate normalised AUC against 0
    (what keeping the network does): supported when its interval lies above 0 on every learner,
    not supported when on some learner it does not, not measured when a learner has no KNIFE
@@ -51,6 +54,10 @@ LEARNERS = ("qmix", "qplex")
 DIFFER_SHARE = 0.1
 SUPPORTED, NOT_SUPPORTED, NOT_SEPARABLE, NOT_MEASURED = (
     "supported", "not supported", "not separable", "not measured")
+#: Claim 3's aggregate row when KNIFE and the rival are averaged over different valid tables.
+DIFFERENT_TABLES = "different tables (no vote)"
+#: Claim 3's ``where`` for the cross-scenario aggregate's rows (the others name a table).
+AGGREGATE = "aggregate (normalised AUC)"
 
 
 def interval_verdict(ci: list[float] | None, threshold: float) -> str:
@@ -156,6 +163,11 @@ def _interval(entry: Mapping[str, Any], key: str) -> list[float] | None:
     return list(ci) if isinstance(ci, list) else None
 
 
+def _tables(entry: Mapping[str, Any]) -> frozenset[str]:
+    """The tables an aggregate entry averages over (its seeds may differ: each interval has its own n)."""
+    return frozenset(item["table"] for item in entry.get("scenarios", []))
+
+
 def _method_rows(boards: list[Any], aggregate: list[Mapping[str, Any]]) -> tuple[list, list]:
     beats, helps = [], []
     for learner in LEARNERS:
@@ -173,10 +185,11 @@ def _method_rows(boards: list[Any], aggregate: list[Mapping[str, Any]]) -> tuple
             if knife is None or rival not in agg:
                 continue
             ours, theirs = _interval(knife, "normalised_auc_iqm_ci95"), _interval(agg[rival], "normalised_auc_iqm_ci95")
-            beats.append({"learner": learner, "where": "aggregate (normalised AUC)", "rival": rival,
+            same = _tables(knife) == _tables(agg[rival])
+            beats.append({"learner": learner, "where": AGGREGATE, "rival": rival,
                           "knife": knife["normalised_auc_iqm"], "knife_ci95": ours,
                           "rival_value": agg[rival]["normalised_auc_iqm"], "rival_ci95": theirs,
-                          "comparison": compare(ours, theirs), "votes": True})
+                          "comparison": compare(ours, theirs) if same else DIFFERENT_TABLES, "votes": same})
             for board in tables:
                 entries = {e["method"]: e for e in board.entries}
                 if KNIFE not in entries or rival not in entries:
@@ -254,7 +267,7 @@ def markdown(items: list[Mapping[str, Any]]) -> list[str]:
             lines += ["| learner | where | rival | knife | rival | knife is |", "| --- | --- | --- | --- | --- | --- |"]
             lines += [f"| {r['learner']} | {r['where']} | `{r['rival']}` | {_v(r['knife'], r['knife_ci95'])} | "
                       f"{_v(r['rival_value'], r['rival_ci95'])} | {r['comparison']}"
-                      f"{'' if r['votes'] else ' (table)'} |" for r in rows]
+                      f"{'' if r['where'] == AGGREGATE else ' (table)'} |" for r in rows]
         else:
             lines += ["| learner | knife's normalised AUC (0 = none) | row |", "| --- | --- | --- |"]
             lines += [f"| {r['learner']} | {_v(r.get('normalised_auc_iqm'), r.get('ci95')) if 'why' not in r else r['why']} "

@@ -90,3 +90,23 @@ def test_knife_claims_from_the_aggregate():
     assert out["KNIFE beats redo, grama, reset, injection"]["verdict"] == claims.NOT_SUPPORTED
     # no valid table: the neuron claims are not measured
     assert out["stagnant neurons concentrate in the mixer"]["verdict"] == claims.NOT_MEASURED
+
+
+def test_claim_3_compares_aggregates_only_over_the_same_tables():
+    """A rival averaged over other valid tables than KNIFE is listed but does not vote: its
+    aggregate would set one scenario's scores against another's."""
+    both = [{"table": "a", "seeds": [0, 1]}, {"table": "b", "seeds": [0, 1]}]
+    aggregate = [{**_agg("qmix", "knife", 0.6, [0.5, 0.7]), "scenarios": both}]
+    for rival in ("redo", "grama", "reset"):
+        aggregate.append({**_agg("qmix", rival, 0.2, [0.1, 0.3]), "scenarios": both})
+    # injection has records only on table a, where it scores far above KNIFE's two-table mean
+    aggregate.append({**_agg("qmix", "injection", 0.9, [0.8, 1.0]), "scenarios": both[:1]})
+    out = {c["claim"]: c for c in claims.claims([_Board([])], {("s", 1, "quick", "qmix"): {}}, aggregate)}
+    beats = out["KNIFE beats redo, grama, reset, injection"]
+    row = next(r for r in beats["rows"] if r["rival"] == "injection")
+    assert row["comparison"] == claims.DIFFERENT_TABLES and not row["votes"]
+    assert beats["verdict"] == claims.NOT_SEPARABLE  # better than three, not compared with one
+    # once injection covers both tables (more seeds on one is fine) it votes, and here it wins
+    aggregate[-1]["scenarios"] = [{"table": "a", "seeds": [0, 1, 2]}, {"table": "b", "seeds": [0]}]
+    out = {c["claim"]: c for c in claims.claims([_Board([])], {("s", 1, "quick", "qmix"): {}}, aggregate)}
+    assert out["KNIFE beats redo, grama, reset, injection"]["verdict"] == claims.NOT_SUPPORTED
