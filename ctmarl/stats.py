@@ -84,14 +84,24 @@ def stratified_bootstrap_ci_of_strata(
 ) -> Interval:
     """As :func:`stratified_bootstrap_ci` for strata of different sizes: ``strata`` is a sequence
     of 1-d arrays (one per stratum, e.g. per scenario and task, its runs), each resampled with
-    replacement on its own; the IQM is over all of them. Needs a stratum with at least 2 runs."""
+    replacement on its own; the IQM is over all of them. Needs a stratum with at least 2 runs. A
+    stratum of one run enters every resample as itself (resampling one value can only draw it;
+    scipy refuses a sample of one), so a method with one seed on one scenario and several on
+    another gets an interval whose width comes from the latter."""
     columns = tuple(np.asarray(column, dtype=float) for column in strata)
     if not columns or any(c.ndim != 1 or c.size == 0 or np.isnan(c).any() for c in columns):
         raise ValueError("strata: expected non-empty 1-d arrays without NaN")
     if max(c.size for c in columns) < 2:
         raise ValueError("a bootstrap CI needs at least 2 runs in some stratum")
+    varied = tuple(c for c in columns if c.size >= 2)
+    fixed = np.concatenate([c for c in columns if c.size < 2] or [np.empty(0)])
+
+    def statistic(*resampled: np.ndarray, axis: int = -1) -> np.ndarray:
+        constant = np.broadcast_to(fixed, resampled[0].shape[:-1] + fixed.shape)
+        return _iqm_of_columns(*resampled, constant, axis=axis)
+
     result = scipy_stats.bootstrap(
-        columns, _iqm_of_columns, n_resamples=resamples, vectorized=True, paired=False,
+        varied, statistic, n_resamples=resamples, vectorized=True, paired=False,
         confidence_level=level, method="percentile", **{_RNG_KEYWORD: np.random.default_rng(seed)},
     )
     return Interval(float(result.confidence_interval.low), float(result.confidence_interval.high))

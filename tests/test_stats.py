@@ -66,3 +66,18 @@ def test_bad_shapes_are_rejected(bad, message):
 def test_probability_of_improvement_needs_the_same_tasks():
     with pytest.raises(ValueError, match="tasks"):
         stats.probability_of_improvement([[1, 2]], [[1, 2, 3]])
+
+
+def test_strata_bootstrap_keeps_a_one_run_stratum_fixed():
+    """A method with one seed on one scenario and several on another (the aggregate's strata): the
+    one-run stratum enters every resample as itself, so the interval is that of the varied strata
+    with the single value added, and a constant single value leaves a constant interval."""
+    varied = [np.array([0.0, 1.0]), np.array([0.2, 0.4, 0.6])]
+    with_single = stats.stratified_bootstrap_ci_of_strata(varied + [np.array([0.5])])
+    assert with_single.low <= stats.iqm(np.array([0.0, 1.0, 0.2, 0.4, 0.6, 0.5])[:, None]) <= with_single.high
+    assert with_single.low < with_single.high
+    # every stratum but one has one run: the interval still comes from the one that varies
+    ci = stats.stratified_bootstrap_ci_of_strata([np.array([0.3]), np.array([0.3, 0.3]), np.array([0.3])])
+    assert ci.low == pytest.approx(0.3) and ci.high == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="at least 2 runs"):
+        stats.stratified_bootstrap_ci_of_strata([np.array([0.3]), np.array([0.4])])
