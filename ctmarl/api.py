@@ -154,7 +154,8 @@ class OutsideRun:
     :meth:`record` or :meth:`write`.
 
     The suite's protocol also says (``run.protocol``) whether exploration restarts at each task
-    (``reset_exploration``) and whether the learner may know where tasks begin
+    (``reset_exploration``), whether its replay is emptied at each task start after the first
+    (``clear_replay``) and whether the learner may know where tasks begin
     (``announce_task_boundaries``); following them is up to the learner. With
     ``protocol.transition`` the training env's settings move from the previous task's to the
     task's over the start of each task, as in the suite, driven by :meth:`evaluate_due`.

@@ -328,6 +328,8 @@ class Training:
         self.env = self._make_env(task)
         if self.protocol.reset_exploration:
             position.explore_steps = 0
+        if self.protocol.clear_replay and task.index > 0:
+            self.learner.reinitialise((), clear_replay=True)
         if self.protocol.announce_task_boundaries:
             self.guard.call("on_task_start", f"at task {task.index} ({task.name})",
                             lambda: self.method.on_task_start(task.index), self.result.contract)

@@ -8,7 +8,7 @@ A scenario YAML (``scenarios/*.yaml``) holds::
     env: {family: matrix, settings: {...}}       # env family + settings fixed for all tasks
     tasks: [{name: M1, settings: {...}}, ...]     # ordered; the settings that drift
     protocol: {evals_per_task, eval_episodes, announce_task_boundaries, reset_exploration,
-               repeat, transition}                # repeat: visits of the task list; see Protocol
+               repeat, clear_replay, transition}  # repeat: visits of the task list; see Protocol
     tiers: {smoke: {...}, quick: {...}, standard: {...}}   # budgets, see Tier
 
 Instead of ``tasks``, a scenario may give ``task_generator: {kind, count, seed, settings}``: the env
@@ -107,6 +107,12 @@ class Protocol:
     """How many times the task list is trained, in order (visits after the first are named
     ``<task>#<visit>``): a repeated sequence measures whether the n-th visit of a task is learned
     more slowly than the first (MEAL's AUC-loss), with no scratch reference needed."""
+    clear_replay: bool = False
+    """Whether the learner's replay is emptied at every task start after the first, for every
+    method. Then each task is learned from its own transitions only, and a method's score says
+    what its network can still learn, not how long the previous task's transitions take to leave
+    the buffer (``predator_prey_drift-v4``: with a replay as large as a visit, that stale data
+    alone kept even a fresh network from re-learning; ``validity/ablations/``)."""
     transition: Transition | None = None
     """None: abrupt task switches. Otherwise the env's numeric settings move gradually from the
     previous task's to the new task's over the first ``transition.share`` of each task's budget."""
@@ -253,7 +259,7 @@ class Scenario:
         added after version 1 of the file format are left out while at their defaults, so adding
         them did not change the hash (and the records) of any existing scenario."""
         plain = to_plain(self.spec)
-        for key, default in (("repeat", 1), ("transition", None)):
+        for key, default in (("repeat", 1), ("transition", None), ("clear_replay", False)):
             if plain["protocol"].get(key) == default:
                 del plain["protocol"][key]
         if plain.get("task_generator") is None:

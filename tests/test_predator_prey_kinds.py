@@ -232,6 +232,7 @@ DRIFT_VERSIONS = {
                                [0.0, 0.0, -0.25, -0.25, -0.5, -0.5]),
     "predator_prey_drift-v2": (4, 5, ["A0", "B0", "A-0.1", "B-0.1"], [0, 1, 0, 1], [0.0, 0.0, -0.1, -0.1]),
     "predator_prey_drift-v3": (4, 4, ["A0", "B0", "A-0.1", "B-0.1"], [0, 1, 0, 1], [0.0, 0.0, -0.1, -0.1]),
+    "predator_prey_drift-v4": (4, 4, ["A0", "B0", "A-0.1", "B-0.1"], [0, 1, 0, 1], [0.0, 0.0, -0.1, -0.1]),
 }
 
 
@@ -261,9 +262,9 @@ def test_drift_scenario_shapes_are_fixed_across_tasks(scenario_id, tier):
     assert info.obs_dim == 100 and info.state_dim == 3 * info.n_agents + 5 * tasks[0].settings.n_prey
 
 
-@pytest.mark.parametrize("scenario_id", ["predator_prey_drift-v2", "predator_prey_drift-v3"])
+@pytest.mark.parametrize("scenario_id", ["predator_prey_drift-v2", "predator_prey_drift-v3", "predator_prey_drift-v4"])
 def test_drift_quick_world(scenario_id):
-    """v2's and v3's quick world: one pair, two prey of each kind, so the capturable paying prey is one."""
+    """v2's, v3's and v4's quick world: one pair, two prey of each kind, so the capturable paying prey is one."""
     settings = ctmarl.make_scenario(scenario_id).tasks("quick")[0].settings
     assert (settings.grid_size, settings.n_agents, settings.n_prey, settings.episode_limit) == (6, 2, 4, 40)
     assert settings.paying_prey == 2 and settings.capturable_prey == 1
@@ -273,7 +274,6 @@ def test_drift_v3_is_v2_with_a_longer_exploration():
     """v3 changes only what its header says: the quick tier's epsilon schedule and steps per visit,
     and four passes instead of five; the env, the tasks and every other setting are v2's."""
     v2, v3 = (ctmarl.make_scenario(f"predator_prey_drift-v{v}").spec for v in (2, 3))
-    assert ctmarl.make_scenario("predator_prey_drift").version == 3  # the bare name is the newest
     assert (v3.env, v3.tasks, v3.tiers.smoke, v3.tiers.standard) == (v2.env, v2.tasks, v2.tiers.smoke, v2.tiers.standard)
     assert v3.protocol == dataclasses.replace(v2.protocol, repeat=4)
     q2, q3 = v2.tiers.quick, v3.tiers.quick
@@ -309,3 +309,13 @@ def test_drift_v2_pettingzoo_parallel_api():
 
 def test_drift_v2_pettingzoo_parallel_seed():
     parallel_seed_test(lambda: ParallelEnvView(_drift_view(2, "predator_prey_drift-v2")), num_cycles=100)
+
+
+def test_drift_v4_is_v3_with_the_replay_cleared_at_task_starts():
+    """v4 changes only ``protocol.clear_replay`` (its header: v3's replay held a whole visit of the
+    previous task's transitions); the env, tasks, tiers and the rest of the protocol are v3's."""
+    v3, v4 = (ctmarl.make_scenario(f"predator_prey_drift-v{v}").spec for v in (3, 4))
+    assert ctmarl.make_scenario("predator_prey_drift").version == 4  # the bare name is the newest
+    assert (v4.env, v4.tasks, v4.tiers) == (v3.env, v3.tasks, v3.tiers)
+    assert (v3.protocol.clear_replay, v4.protocol.clear_replay) == (False, True)
+    assert v4.protocol == dataclasses.replace(v3.protocol, clear_replay=True)

@@ -10,7 +10,7 @@ from ctmarl.envs.base import blend_settings
 from ctmarl.envs.matrix import MatrixGameEnv, MatrixSettings
 from ctmarl.errors import ConfigError
 from ctmarl.learner import make_learner
-from ctmarl.method import make_method
+from ctmarl.method import Method, make_method
 from ctmarl.protocol import Training
 from ctmarl.scenario import load_scenario_file, make_scenario
 
@@ -68,8 +68,8 @@ def test_generator_errors_name_the_problem():
 
 
 def test_adding_the_new_keys_did_not_change_old_definition_hashes():
-    """Records of scenarios written before repeat/transition/task_generator keep matching."""
-    for name in ("matrix_drift-v1", "predator_prey_penalty-v1", "smacv2_drift-v1"):
+    """Records of scenarios written before repeat/transition/task_generator/clear_replay keep matching."""
+    for name in ("matrix_drift-v1", "predator_prey_penalty-v1", "smacv2_drift-v1", "predator_prey_drift-v3"):
         scenario = make_scenario(name)
         record = next(Path(__file__).parents[1].glob(f"leaderboard/records/{name}_*.yaml"))
         assert yaml.safe_load(record.read_text())["scenario"]["definition_hash"] == scenario.definition_hash
@@ -138,3 +138,31 @@ def test_old_scenario_versions_keep_loading_and_their_records_check():
     """The versions on the leaderboard still load (their records are checked in CI)."""
     for name in ("matrix_drift-v1", "predator_prey_penalty-v1", "smacv2_drift-v1", "smacv2_cross_race-v1"):
         assert make_scenario(name).version == 1
+
+
+class _ReplaySizeAtTaskStart(Method):
+    """Notes the replay's size each time a task starts (after the protocol's own work)."""
+
+    touches = "nothing"
+
+    def attach(self, learner, context) -> None:
+        super().attach(learner, context)
+        self.sizes: list[int] = []
+
+    def on_task_start(self, task_index: int) -> None:
+        self.sizes.append(len(self.learner.replay))
+
+
+@pytest.mark.parametrize("clear", [False, True])
+def test_protocol_clear_replay_empties_the_replay_at_every_later_task_start(clear, tmp_path):
+    data = yaml.safe_load((Path(__file__).parents[1] / "scenarios" / "predator_prey_drift-v4.yaml").read_text())
+    assert data["protocol"]["clear_replay"] is True  # v4 is v3 with the replay cleared
+    data["protocol"]["clear_replay"] = clear
+    scenario = load_scenario_file(_write(tmp_path, data))
+    tier = scenario.tier("smoke")
+    learner = make_learner("qmix", scenario.env_info("smoke"), dict(tier.learner), seed=0)
+    method = _ReplaySizeAtTaskStart()
+    Training(scenario, "smoke", learner, method, 0, probe=False).train()
+    assert method.sizes[0] == 0 and len(method.sizes) == scenario.n_tasks
+    later = method.sizes[1:]
+    assert all(size == 0 for size in later) if clear else all(size > 0 for size in later)
