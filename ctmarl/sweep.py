@@ -290,14 +290,25 @@ def configure_process(threads: int | None) -> None:
             torch.set_num_threads(threads)
 
 
+#: In a pool worker process (set by its initializer): whether it has been stopped.
+_WORKER = {"pool": False, "stopped": False}
+
+
 def run_task(task: RunTask) -> RunOutcome:
     """Run one task (in any process) and say what became of it; never raises for a failed run.
 
     The run resumes from its checkpoint when there is one. Its traceback, if it fails, goes to
     ``<record stem>.error.log`` beside where its record would be (removed when it succeeds).
+
+    A pool worker whose run was interrupted (SIGTERM or Ctrl-C, checkpointed) starts no other run:
+    the pool hands each worker runs from a queue that already holds the next ones, which
+    ``cancel_futures`` cannot take back, so without this a stopped sweep's workers would go on
+    computing them. They come back INTERRUPTED, not started.
     """
     from ctmarl.evaluate import prepare, execute
 
+    if _WORKER["stopped"]:
+        return RunOutcome(task.index, task.label, INTERRUPTED, error="not started: its worker was stopped")
     configure_process(task.threads)
     started = time.perf_counter()
     try:
@@ -309,6 +320,7 @@ def run_task(task: RunTask) -> RunOutcome:
                                      done=prepared.resumed_env_steps, every_s=task.progress_every)
         record, path = execute(prepared, progress)
     except RunInterrupted as exc:
+        _WORKER["stopped"] = _WORKER["pool"]
         return RunOutcome(task.index, task.label, INTERRUPTED, error=str(exc),
                           wall_time_s=time.perf_counter() - started)
     except Exception as exc:  # one failed run is reported; the sweep goes on
@@ -375,6 +387,7 @@ class InlineExecutor:
 
 
 def _start_worker(threads: int | None) -> None:
+    _WORKER["pool"] = True
     configure_process(threads)
 
 

@@ -277,3 +277,19 @@ def test_sigterm_to_a_pool_sweep_checkpoints_its_runs(tmp_path):
     assert again.returncode == 0, again.stderr
     assert len(list(tmp_path.glob("*.yaml"))) == 2
     assert not list(tmp_path.glob("*.ckpt"))
+
+
+def test_a_stopped_pool_sweep_starts_none_of_its_queued_runs(tmp_path):
+    """The pool queues the next runs in its workers' call queue before the running ones end;
+    cancel_futures cannot take those back, so a worker stopped by SIGTERM must refuse them."""
+    seeds = [0, 1, 2, 3]  # 2 workers: seeds 0 and 1 run, seeds 2 and 3 wait in the call queue
+    args = [sys.executable, "-m", "ctmarl.cli", "evaluate", "--scenario", "predator_prey_penalty", "--tier",
+            "smoke", *[f"--seed={s}" for s in seeds], "--workers", "2", "--out", str(tmp_path),
+            "--checkpoint-every", "300"]
+    spec = {s: RunSpec("predator_prey_penalty", tier="smoke", seed=s) for s in seeds}
+    returncode, stderr = signal_after_checkpoint(args, checkpoint_path(spec[0], tmp_path), signal.SIGTERM)
+    assert returncode == 130, stderr
+    for s in (2, 3):
+        started = [p.name for p in tmp_path.iterdir() if f"_seed{s}." in p.name]
+        assert started == [], f"seed {s} started after the sweep was stopped: {started}\n{stderr}"
+    assert checkpoint_path(spec[0], tmp_path).exists()

@@ -60,9 +60,12 @@ def test_none_slower_than_scratch_in_every_seed_shows_loss():
     assert (loss["pr_trend"], loss["pr_trend_ci95"]) == (-0.2875, [-0.375, -0.2])
     # AUC gap over k>=1: seed 0 mean(0.4, 0.6) = 0.5, seed 1 mean(0.1, 0.2) = 0.15
     assert (loss["auc_gap"], loss["auc_gap_ci95"]) == (0.325, [0.15, 0.5])
+    # AUC ratio: seed 0 mean(0.4, 0.2) / 0.8 = 0.375, seed 1 0.35 / 0.5 = 0.7 (equal to PR here:
+    # scratch's AUC is the same on every task)
+    assert (loss["auc_ratio"], loss["auc_ratio_ci95"]) == (0.5375, [0.375, 0.7])
     assert loss["revisit_auc_loss"] is None and result["probe"] is None
     assert result["verdict"]["verdict"] == v.SHOWS
-    assert "none learns later tasks more slowly than scratch: PR" in result["verdict"]["reason"]
+    assert "none learns later tasks more slowly than scratch: AUC ratio" in result["verdict"]["reason"]
     assert "[0.375, 0.700]" in result["verdict"]["reason"]
     assert v.analyse(*runs()) == result  # deterministic
 
@@ -98,12 +101,31 @@ def test_a_carried_policy_that_scratch_cannot_find_does_not_show_loss():
 
 @pytest.mark.parametrize("none_auc, expected, reason", [
     ({0: [0.8, 0.8, 0.8], 1: [0.5, 0.5, 0.5]}, v.DOES_NOT_SHOW,
-     "none learns later tasks as fast as scratch: PR 1.000 [1.000, 1.000]"),
+     "none learns later tasks as fast as scratch: AUC ratio 1.000 [1.000, 1.000]"),
     ({0: [0.8, 0.72, 0.72], 1: [0.5, 0.55, 0.55]}, v.INCONCLUSIVE,
-     "PR 1.000 [0.900, 1.100]: the 95% CI neither lies below 1 nor starts at >= 0.95"),
+     "AUC ratio 1.000 [0.900, 1.100]: the 95% CI neither lies below 1 nor starts at >= 0.95"),
 ])
 def test_pr_interval_at_or_around_one(none_auc, expected, reason):
     assert v.analyse(*runs(none_auc=none_auc))["verdict"] == {"verdict": expected, "reason": reason}
+
+
+def test_one_failed_scratch_task_does_not_sway_the_verdict():
+    """predator_prey_drift-v4's case: scratch fails one task (AUC 0.01) that none learns, so that
+    task's PR_k is 50 and rules the mean of PR_k; the ratio of the mean AUCs weights tasks by what
+    scratch learns on them and still says none is slower."""
+    none_auc = {0: [0.8, 0.5, 0.2, 0.2], 1: [0.5, 0.2, 0.2, 0.2]}
+    scratch_auc = {0: [0.8, 0.01, 0.8, 0.8], 1: [0.5, 0.5, 0.5, 0.5]}
+    R = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+    none = [record("none", s, R, a) for s, a in none_auc.items()]
+    scratch = [record("reset_all", s, R, a) for s, a in scratch_auc.items()]
+    loss = v.analyse(none, scratch)["plasticity_loss"]
+    # PR seed 0 = [1, 50, 0.25, 0.25] -> mean k>=1 16.8333; seed 1 = [1, 0.4, 0.4, 0.4] -> 0.4
+    assert (loss["pr_mean"], loss["pr_mean_ci95"]) == (8.6167, [0.4, 16.8333])
+    # AUC ratio seed 0 = 0.3 / 0.5367 = 0.5590, seed 1 = 0.2 / 0.5 = 0.4
+    assert (loss["auc_ratio"], loss["auc_ratio_ci95"]) == (0.4795, [0.4, 0.559])
+    assert loss["auc_gap"] == 0.2683  # (0.2367 + 0.3) / 2: below 1 exactly when the gap is above 0
+    assert v.analyse(none, scratch)["verdict"] == {"verdict": v.SHOWS, "reason": (
+        "none learns later tasks more slowly than scratch: AUC ratio 0.479 [0.400, 0.559] (95% CI below 1)")}
 
 
 def test_repeated_sequence_revisit_auc_loss():
@@ -119,7 +141,9 @@ def test_repeated_sequence_revisit_auc_loss():
     # seed 0: A 0.9-0.6, B 0.8-0.5 -> 0.3; seed 1: 0.8-0.7, 0.8-0.6 -> 0.15
     assert result["plasticity_loss"]["revisit_auc_loss"] == {
         "by_visit": [{"visit": 2, "mean": 0.225, "mean_ci95": [0.15, 0.3]}], "mean": 0.225, "mean_ci95": [0.15, 0.3]}
-    assert result["plasticity_loss"]["pr_mean_ci95"] == [1.0, 1.3333]  # PR alone would say "does not show"
+    assert result["plasticity_loss"]["pr_mean_ci95"] == [1.0, 1.3333]
+    # AUC ratio seed 1 = 2.1 / 1.7: alone it would say "does not show"
+    assert result["plasticity_loss"]["auc_ratio_ci95"] == [1.0, 1.2353]
     assert result["verdict"] == {"verdict": v.SHOWS, "reason": (
         "revisits are learned more slowly than first visits: revisit AUC loss 0.225 [0.150, 0.300] (95% CI above 0)")}
 
@@ -191,7 +215,7 @@ def test_render_and_write(tmp_path):
     result = v.analyse(none, scratch)
     text = v.render(result)
     for expected in ("toy-v1 · smoke · qmix — seeds 0, 1", "T0 → T1", "mean gap 0.600 [0.600, 0.600]",
-                     "PR mean over k ≥ 1 0.537", "Verdict: shows plasticity loss — none learns"):
+                     "PR mean over k ≥ 1 0.537", "AUC ratio (mean AUC over k ≥ 1, none / reset_all; the verdict's statistic) 0.537", "Verdict: shows plasticity loss — none learns"):
         assert expected in text, text
     path = v.write(result, tmp_path)
     assert path == tmp_path / "toy-v1_smoke.yaml"
