@@ -233,6 +233,7 @@ DRIFT_VERSIONS = {
     "predator_prey_drift-v2": (4, 5, ["A0", "B0", "A-0.1", "B-0.1"], [0, 1, 0, 1], [0.0, 0.0, -0.1, -0.1]),
     "predator_prey_drift-v3": (4, 4, ["A0", "B0", "A-0.1", "B-0.1"], [0, 1, 0, 1], [0.0, 0.0, -0.1, -0.1]),
     "predator_prey_drift-v4": (4, 4, ["A0", "B0", "A-0.1", "B-0.1"], [0, 1, 0, 1], [0.0, 0.0, -0.1, -0.1]),
+    "predator_prey_drift_long-v1": (4, 6, ["A0", "B0", "A-0.1", "B-0.1"], [0, 1, 0, 1], [0.0, 0.0, -0.1, -0.1]),
 }
 
 
@@ -268,6 +269,19 @@ def test_drift_quick_world(scenario_id):
     settings = ctmarl.make_scenario(scenario_id).tasks("quick")[0].settings
     assert (settings.grid_size, settings.n_agents, settings.n_prey, settings.episode_limit) == (6, 2, 4, 40)
     assert settings.paying_prey == 2 and settings.capturable_prey == 1
+
+
+def test_the_long_track_is_v4_visited_six_times():
+    """predator_prey_drift_long changes only what its header says: six passes (24 visits) instead of
+    four; the env, the tasks, the replay emptied at every switch and every tier are v4's."""
+    v4, long = ctmarl.make_scenario("predator_prey_drift-v4"), ctmarl.make_scenario("predator_prey_drift_long")
+    assert long.id == "predator_prey_drift_long-v1"
+    assert (long.spec.env, long.spec.tasks, long.spec.tiers) == (v4.spec.env, v4.spec.tasks, v4.spec.tiers)
+    assert long.spec.protocol == dataclasses.replace(v4.spec.protocol, repeat=6)
+    assert long.spec.protocol.clear_replay
+    for tier in ("smoke", "quick", "standard"):
+        assert [t.settings for t in long.tasks(tier)[:16]] == [t.settings for t in v4.tasks(tier)]
+    assert len(long.tasks("quick")) == 24 and long.tasks("quick")[-1].name == "B-0.1#6"
 
 
 def test_drift_v3_is_v2_with_a_longer_exploration():
