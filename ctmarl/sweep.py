@@ -320,7 +320,8 @@ def run_task(task: RunTask) -> RunOutcome:
                                      done=prepared.resumed_env_steps, every_s=task.progress_every)
         record, path = execute(prepared, progress)
     except RunInterrupted as exc:
-        _WORKER["stopped"] = _WORKER["pool"]
+        if _WORKER["pool"]:  # a run in the caller's own process leaves the process usable
+            _WORKER["stopped"] = True
         return RunOutcome(task.index, task.label, INTERRUPTED, error=str(exc),
                           wall_time_s=time.perf_counter() - started)
     except Exception as exc:  # one failed run is reported; the sweep goes on

@@ -307,8 +307,8 @@ def plasticity_loss(p: Pairs) -> dict[str, Any]:
     later = slice(1, None)
     pr_mean = [metrics.nan_mean(row[later]) if row[later].size else np.nan for row in pr]
     auc_gap = [float(np.mean(row)) if row.size else np.nan for row in (auc_scratch - auc_none)[:, later]]
-    auc_ratio = [metrics.plasticity_ratio_per_task([n[later].mean()], [s[later].mean()])[0]
-                 if n[later].size else np.nan for n, s in zip(auc_none, auc_scratch)]
+    auc_ratio = (metrics.plasticity_ratio_per_task(auc_none[:, later].mean(axis=1), auc_scratch[:, later].mean(axis=1))
+                 if len(p.tasks) > 1 else np.full(len(p.seeds), np.nan))  # [S]
     per_task = [{
         "task": t, "auc_none": _num(auc_none[:, k].mean()), "auc_scratch": _num(auc_scratch[:, k].mean()),
         "pr": _seed_mean(pr[:, k]),
@@ -389,23 +389,23 @@ def verdict(n_seeds: int, n_tasks: int, inter: Mapping[str, Any], learn: Mapping
         return result(INCONCLUSIVE, f"scratch does not learn the tasks within the budget: final score < "
                                     f"{LEARNABLE_SCORE} on {len(unlearned)} of {n_tasks} tasks "
                                     f"({', '.join(unlearned)})")
-    pr, pr_ci = loss["auc_ratio"], loss["auc_ratio_ci95"]
+    ratio, ratio_ci = loss["auc_ratio"], loss["auc_ratio_ci95"]
     revisit = loss["revisit_auc_loss"]
-    pr_text = f"AUC ratio {_fmt(pr, pr_ci)}"
+    ratio_text = f"AUC ratio {_fmt(ratio, ratio_ci)}"
     revisit_text = "" if revisit is None else f"revisit AUC loss {_fmt(revisit['mean'], revisit['mean_ci95'])}"
     evidence = []
-    if pr_ci is not None and pr_ci[1] < NO_LOSS_PR:
-        evidence.append(f"none learns later tasks more slowly than scratch: {pr_text} (95% CI below {NO_LOSS_PR:g})")
+    if ratio_ci is not None and ratio_ci[1] < NO_LOSS_PR:
+        evidence.append(f"none learns later tasks more slowly than scratch: {ratio_text} (95% CI below {NO_LOSS_PR:g})")
     if revisit is not None and revisit["mean_ci95"] is not None and revisit["mean_ci95"][0] > 0:
         evidence.append(f"revisits are learned more slowly than first visits: {revisit_text} (95% CI above 0)")
     if evidence:
         return result(SHOWS, "; ".join(evidence))
-    if pr_ci is not None and pr_ci[0] >= NO_LOSS_PR_LOW:
-        return result(DOES_NOT_SHOW, f"none learns later tasks as fast as scratch: {pr_text}")
-    if pr_ci is None:
-        why = f"{pr_text}: undefined without a scratch mean AUC > 0 over the tasks after the first in >= 2 seeds"
+    if ratio_ci is not None and ratio_ci[0] >= NO_LOSS_PR_LOW:
+        return result(DOES_NOT_SHOW, f"none learns later tasks as fast as scratch: {ratio_text}")
+    if ratio_ci is None:
+        why = f"{ratio_text}: undefined without a scratch mean AUC > 0 over the tasks after the first in >= 2 seeds"
     else:
-        why = f"{pr_text}: the 95% CI neither lies below {NO_LOSS_PR:g} nor starts at >= {NO_LOSS_PR_LOW}"
+        why = f"{ratio_text}: the 95% CI neither lies below {NO_LOSS_PR:g} nor starts at >= {NO_LOSS_PR_LOW}"
     return result(INCONCLUSIVE, why + (f"; {revisit_text}" if revisit_text else ""))
 
 

@@ -13,6 +13,7 @@ task names), and the leaderboard's IQM AUC. Run from the repository root after
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +23,9 @@ from ctmarl.record import load_record
 from ctmarl.stats import mean_ci
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def later_visits(record) -> tuple[float, float, float]:
-    """(mean AUC over the visits after the first, over the later A visits, over the later B visits)."""
-    tasks, auc = record["tasks"][1:], np.asarray(record["metrics"]["auc_per_task"][1:], dtype=float)
-    kind = np.array([t[0] for t in tasks])
-    return float(auc.mean()), float(auc[kind == "A"].mean()), float(auc[kind == "B"].mean())
+# The replay ablation's summary defines the later-visit numbers; one definition for both tables.
+sys.path.insert(0, str(ROOT / "validity" / "ablations" / "predator_prey_drift-v3_replay"))
+from summarise import later_visits  # noqa: E402  (mean AUC, count >= 0.5, A visits, B visits)
 
 
 def rows(version: int) -> list[tuple]:
@@ -41,7 +38,7 @@ def rows(version: int) -> list[tuple]:
         method = entry["method"]
         records = sorted((load_record(p) for p in (ROOT / "leaderboard" / "records").glob(
             f"predator_prey_drift-v{version}_quick_qmix_{method}_seed*.yaml")), key=lambda r: r["seed"])
-        visits = np.array([later_visits(r) for r in records])  # [seeds, 3]
+        visits = np.array([later_visits(r) for r in records])[:, [0, 2, 3]]  # [seeds, (all, A, B)]
         ci = mean_ci(visits[:, 0]) if len(records) > 1 else None
         out.append((method, [r["seed"] for r in records], visits, ci, entry["auc_iqm"], entry["auc_iqm_ci95"]))
     return sorted(out, key=lambda row: -row[2][:, 0].mean())
